@@ -1,0 +1,47 @@
+using GroupNormalization.Kernels;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GroupNormalization.Autograd;
+
+/// <summary>
+/// The backward pass written as differentiable tensor expressions of (dy, x, γ), used when autograd is
+/// recording the backward itself (create_graph: gradient penalties, Hessian-vector products).
+/// <para>
+/// μ and r saved by forward were computed without autograd and would be constants here, which is wrong
+/// for a second derivative: they depend on x. So this path rebuilds them from x with recorded ops.
+/// The formula is the same as <see cref="GroupNormMath"/>'s, in its textbook form
+/// dx = r·(g − mean(g) − x̂·mean(g·x̂)), g = γ·dy, x̂ = (x − μ)·r.
+/// </para>
+/// </summary>
+internal static class DifferentiableBackward
+{
+    public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Compute(
+        Tensor dy, Tensor x, Tensor? weight, GroupNormShape s, double eps, GradientRequest need)
+    {
+        using var scope = torch.NewDisposeScope();
+        var opmath = DeviceGenericKernel.OpMathType(x.dtype);
+        var groupDims = new long[] { 2, 3 };
+
+        var xs = x.reshape(s.N, s.G, s.D, s.S).to(opmath);
+        var dys = dy.reshape(s.N, s.G, s.D, s.S).to(opmath);
+        var centred = xs - xs.mean(groupDims, keepdim: true);
+        var r = (centred.square().mean(groupDims, keepdim: true) + eps).rsqrt();
+        var xhat = centred * r;
+
+        Tensor? dx = null, dweight = null, dbias = null;
+        if (need.Input)
+        {
+            var g = weight is null ? dys : dys * weight.to(opmath).view(1, s.G, s.D, 1);
+            var meanG = g.mean(groupDims, keepdim: true);
+            var meanGx = (g * xhat).mean(groupDims, keepdim: true);
+            dx = (r * (g - meanG - xhat * meanGx)).reshape(x.shape).to(x.dtype);
+        }
+        if (need.Weight)
+            dweight = (dys * xhat).sum(new long[] { 0, 3 }).reshape(s.C).to(x.dtype);
+        if (need.Bias)
+            dbias = dys.sum(new long[] { 0, 3 }).reshape(s.C).to(x.dtype);
+
+        return (dx?.MoveToOuterDisposeScope(), dweight?.MoveToOuterDisposeScope(), dbias?.MoveToOuterDisposeScope());
+    }
+}

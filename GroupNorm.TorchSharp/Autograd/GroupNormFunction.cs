@@ -1,0 +1,127 @@
+using System;
+using System.Collections.Generic;
+using GroupNormalization.Kernels;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GroupNormalization.Autograd;
+
+/// <summary>
+/// GroupNorm as a TorchSharp autograd Function with a hand-written backward.
+/// <para>
+/// Forward runs the selected kernel and saves only x, γ, and the per-(n, g) μ and r (float64 on the
+/// fused CPU path). Backward computes only the gradients whose inputs require them, with the same kernel
+/// family; when autograd is recording the backward (create_graph) it switches to
+/// <see cref="DifferentiableBackward"/> so that second derivatives are right.
+/// </para>
+/// <para>
+/// Arguments are validated by the public entry points before this runs: an exception inside backward
+/// cannot be caught by the caller (libtorch terminates the process), so backward must not throw.
+/// </para>
+/// <para>
+/// <see cref="torch.autograd.Function{T}"/> keeps one shared instance for all calls and threads, so this
+/// class has no state: per-call values travel in the <see cref="autograd.AutogradContext"/>.
+/// </para>
+/// </summary>
+internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNormFunction>
+{
+    private const string SettingsKey = "settings";
+
+    /// <summary>What forward decided and backward needs, besides the saved tensors.</summary>
+    private sealed record Settings(GroupNormShape Shape, double Eps, KernelKind Kernel, GradientRequest Need);
+
+    // TorchSharp wraps forward's outputs in new handles and saves tensors after forward returns, so the
+    // handles forward made must outlive it; they are released as soon as apply returns.
+    [ThreadStatic]
+    private static List<Tensor>? t_releaseAfterApply;
+
+    public override string Name => "GroupNormBackward";
+
+    /// <summary>Runs GroupNorm on validated arguments, recording a graph node only when a gradient can flow.</summary>
+    public static Tensor Apply(Tensor input, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
+    {
+        var kernel = KernelSelector.Select(input);
+        var need = new GradientRequest(input.requires_grad, weight?.requires_grad ?? false, bias?.requires_grad ?? false);
+
+        if (!need.Any || !torch.is_grad_enabled())
+        {
+            // Inference: no graph, so skip the node and its bookkeeping entirely.
+            var (y, mean, rstd) = KernelSelector.Forward(kernel, input, weight, bias, shape, eps);
+            mean.Dispose();
+            rstd.Dispose();
+            return y;
+        }
+
+        var release = t_releaseAfterApply ??= new List<Tensor>(4);
+        int mark = release.Count;
+        try
+        {
+            return apply(input, weight, bias, new Settings(shape, eps, kernel, need));
+        }
+        finally
+        {
+            for (int i = release.Count - 1; i >= mark; i--) release[i].Dispose();
+            release.RemoveRange(mark, release.Count - mark);
+        }
+    }
+
+    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    {
+        var x = (Tensor)vars[0];
+        var weight = vars[1] as Tensor;
+        var bias = vars[2] as Tensor;
+        var settings = (Settings)vars[3];
+
+        var (y, mean, rstd) = KernelSelector.Forward(settings.Kernel, x, weight, bias, settings.Shape, settings.Eps);
+        ctx.save_for_backward(new List<Tensor> { x, weight!, mean, rstd });
+        ctx.save_data(SettingsKey, settings);
+
+        var release = t_releaseAfterApply!;
+        release.Add(y);
+        release.Add(mean);
+        release.Add(rstd);
+        return y;
+    }
+
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor grad_output)
+    {
+        try
+        {
+            return Backward(ctx, grad_output);
+        }
+        catch (Exception e)
+        {
+            // Unreachable for validated input; if it happens, say what failed before the process ends,
+            // instead of letting libtorch terminate it with no context.
+            Environment.FailFast($"GroupNorm.TorchSharp: backward failed: {e.Message}", e);
+            throw;
+        }
+    }
+
+    private static List<Tensor> Backward(autograd.AutogradContext ctx, Tensor gradOutput)
+    {
+        var settings = (Settings)ctx.get_data(SettingsKey);
+        var need = settings.Need;
+
+        Tensor? dx, dweight, dbias;
+        using (var scope = torch.NewDisposeScope())
+        {
+            var saved = ctx.get_saved_variables();
+            Tensor x = saved[0], mean = saved[2], rstd = saved[3];
+            Tensor? weight = saved[1];
+
+            (dx, dweight, dbias) = torch.is_grad_enabled()
+                ? DifferentiableBackward.Compute(gradOutput, x, weight, settings.Shape, settings.Eps, need)
+                : KernelSelector.Backward(settings.Kernel, gradOutput, x, mean, rstd, weight, settings.Shape, need);
+
+            // Hand the results to the caller's scope (or none); everything else made here is released.
+            dx?.MoveToOuterDisposeScope();
+            dweight?.MoveToOuterDisposeScope();
+            dbias?.MoveToOuterDisposeScope();
+        }
+        gradOutput.Dispose();
+
+        // One entry per forward argument: x, weight, bias, settings. Absent gradients are null.
+        return new List<Tensor> { dx!, dweight!, dbias!, null! };
+    }
+}

@@ -1,0 +1,131 @@
+using System;
+using System.Globalization;
+using static TorchSharp.torch;
+
+namespace GroupNormalization;
+
+/// <summary>
+/// The geometry of one group_norm call: N samples, C channels in G groups, S spatial positions
+/// (the product of every dimension after the channel one; 1 for (N, C) input).
+/// </summary>
+internal readonly record struct GroupNormShape(long N, long C, long G, long S)
+{
+    /// <summary>Channels per group, C / G.</summary>
+    public long D => C / G;
+
+    /// <summary>Elements that share one mean and variance: D · S.</summary>
+    public long GroupSize => C / G * S;
+
+    /// <summary>Number of (n, g) statistics rows.</summary>
+    public long Rows => N * G;
+
+    public long Numel => N * C * S;
+}
+
+/// <summary>
+/// Every check of a group_norm call, done once at the public boundary so that nothing malformed
+/// reaches libtorch, and nothing can fail later inside backward (where an exception aborts the process).
+/// Messages name the argument and the offending value, in PyTorch's wording where PyTorch has one.
+/// </summary>
+internal static class GroupNormArguments
+{
+    public static void ValidateNumGroups(long num_groups)
+    {
+        if (num_groups <= 0)
+            throw new ArgumentOutOfRangeException(nameof(num_groups), num_groups, $"num_groups must be positive, but got num_groups={num_groups}.");
+    }
+
+    public static void ValidateNumChannels(long num_channels, long num_groups)
+    {
+        if (num_channels <= 0)
+            throw new ArgumentOutOfRangeException(nameof(num_channels), num_channels, $"num_channels must be positive, but got num_channels={num_channels}.");
+        if (num_channels % num_groups != 0)
+            throw new ArgumentException($"num_channels must be divisible by num_groups, but got num_channels={num_channels} and num_groups={num_groups}.", nameof(num_channels));
+    }
+
+    public static void ValidateEps(double eps)
+    {
+        if (double.IsNaN(eps) || eps < 0)
+            throw new ArgumentOutOfRangeException(nameof(eps), eps, $"eps must be a non-negative number, but got eps={Format(eps)}.");
+    }
+
+    /// <summary>
+    /// Checks a whole call and returns its geometry. <c>num_channels</c> is the channel count a module was
+    /// built for, or null for the functional form.
+    /// </summary>
+    public static GroupNormShape Validate(Tensor input, long num_groups, Tensor? weight, Tensor? bias, double eps, long? num_channels = null)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        RequireLive(input, nameof(input));
+        ValidateNumGroups(num_groups);
+        ValidateEps(eps);
+
+        if (input.is_sparse)
+            throw new ArgumentException("group_norm expects a dense (strided) input, but got a sparse tensor.", nameof(input));
+
+        var dtype = input.dtype;
+        if (!IsSupportedFloat(dtype))
+            throw new ArgumentException($"group_norm expects a floating-point input (Float16, BFloat16, Float32 or Float64), but got input of dtype {dtype}.", nameof(input));
+
+        var shape = input.shape;
+        if (shape.Length < 2)
+            throw new ArgumentException($"Expected at least 2 dimensions for input tensor but received {shape.Length} (input of shape {ShapeText(shape)}).", nameof(input));
+
+        long n = shape[0], c = shape[1];
+        if (num_channels is long expected && c != expected)
+            throw new ArgumentException($"Expected input with {expected} channels (dimension 1), but got input of shape {ShapeText(shape)}.", nameof(input));
+        if (c % num_groups != 0)
+            throw new ArgumentException($"Expected number of channels in input to be divisible by num_groups, but got input of shape {ShapeText(shape)} and num_groups={num_groups}.", nameof(num_groups));
+
+        long s = 1;
+        for (int i = 2; i < shape.Length; i++) s *= shape[i];
+
+        ValidateParameter(weight, nameof(weight), input, shape);
+        ValidateParameter(bias, nameof(bias), input, shape);
+
+        return new GroupNormShape(n, c, num_groups, s);
+    }
+
+    private static void ValidateParameter(Tensor? p, string name, Tensor input, long[] inputShape)
+    {
+        if (p is null) return;
+        RequireLive(p, name);
+        var pShape = p.shape;
+        if (pShape.Length != 1 || pShape[0] != inputShape[1])
+            throw new ArgumentException($"Expected {name} to be a vector of size equal to the number of channels in input, but got {name} of shape {ShapeText(pShape)} and input of shape {ShapeText(inputShape)}.", name);
+        if (p.is_sparse)
+            throw new ArgumentException($"Expected {name} to be a dense (strided) tensor, but got a sparse tensor.", name);
+        if (p.dtype != input.dtype)
+            throw new ArgumentException($"Expected {name} to have the same dtype as input ({input.dtype}), but got {name} of dtype {p.dtype}. Convert the module with .to({input.dtype}) or the input with .to({p.dtype}).", name);
+        var pd = p.device;
+        var id = input.device;
+        if (pd.type != id.type || pd.index != id.index)
+            throw new ArgumentException($"Expected {name} to be on the same device as input ({id}), but got {name} on {pd}.", name);
+    }
+
+    private static void RequireLive(Tensor t, string name)
+    {
+        if (t.IsInvalid)
+            throw new ArgumentException($"{name} has been disposed; its native tensor no longer exists.", name);
+    }
+
+    internal static bool IsSupportedFloat(ScalarType dtype) =>
+        dtype is ScalarType.Float32 or ScalarType.Float64 or ScalarType.Float16 or ScalarType.BFloat16;
+
+    internal static string ShapeText(long[] shape) => "[" + string.Join(", ", shape) + "]";
+
+    /// <summary>Formats a double the way Python's repr does (1e-05, 0.001), for messages and ToString.</summary>
+    internal static string Format(double value)
+    {
+        if (double.IsNaN(value)) return "nan";
+        if (double.IsPositiveInfinity(value)) return "inf";
+        if (double.IsNegativeInfinity(value)) return "-inf";
+        var text = value.ToString("R", CultureInfo.InvariantCulture);
+        int e = text.IndexOf('E', StringComparison.Ordinal);
+        if (e < 0) return text.Contains('.', StringComparison.Ordinal) ? text : text + ".0";
+        // Python writes exponents with a sign and at least two digits: 1e-05, 1e+20.
+        var mantissa = text[..e];
+        var exponent = int.Parse(text[(e + 1)..], CultureInfo.InvariantCulture);
+        return string.Create(CultureInfo.InvariantCulture, $"{mantissa}e{(exponent < 0 ? '-' : '+')}{Math.Abs(exponent):00}");
+    }
+}

@@ -1,0 +1,584 @@
+using System;
+using System.Buffers;
+using System.Numerics;
+using System.Runtime.InteropServices;
+using System.Threading.Tasks;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GroupNormalization.Kernels;
+
+/// <summary>
+/// Fused, multi-threaded GroupNorm for float32 and float64 CPU tensors, reading and writing tensor memory
+/// directly. Formulas: <see cref="GroupNormMath"/>; inner loops: <see cref="CpuFusedLoops"/>.
+/// <para>
+/// Work is cut into "rows": one (n, g) group for channels-first tensors (D·S contiguous elements), one
+/// sample n for channels-last tensors (S positions × C channels). When there are enough rows to keep
+/// every thread busy, each row is handled start to finish by one thread (statistics, then output while
+/// the row is still in cache). Otherwise rows are split into K blocks, processed in two parallel phases
+/// (partial statistics, then output) with a small serial merge between them.
+/// </para>
+/// <para>
+/// Forward: statistics are float64, two-pass over 16 KiB segments (the second pass reads from L1)
+/// merged with Chan's update; then y = ((x − μhi) − μlo)·(r·γ) + β. Backward: per-(n, c) centred sums
+/// A, B in float64, then dx = a·dy + b·(x − μ) + k. Only y or dx is allocated at input size.
+/// </para>
+/// </summary>
+internal static unsafe class CpuFusedKernel
+{
+    /// <summary>Two-pass statistics work on segments of this size, so that the second pass hits L1.</summary>
+    private const int SegmentBytes = 16 * 1024;
+
+    /// <summary>Below this many elements, waking a second thread costs more than it saves.</summary>
+    private const long SerialElements = 1 << 15;
+
+    /// <summary>The smallest block worth a parallel work item of its own.</summary>
+    private const long MinBlockElements = 1 << 14;
+
+    public static bool Supports(Tensor x) =>
+        x.device_type == DeviceType.CPU && x.dtype is ScalarType.Float32 or ScalarType.Float64;
+
+    public static (Tensor Y, Tensor Mean, Tensor Rstd) Forward(Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
+    {
+        var layout = TensorMemory.DenseLayout(x.shape, x.stride());
+        using var denseCopy = layout is null ? x.contiguous() : null;
+        var src = denseCopy ?? x;
+        using var w = weight?.contiguous();
+        using var b = bias?.contiguous();
+
+        var y = torch.empty_like(src);
+        var mean = torch.empty(new[] { shape.N, shape.G }, ScalarType.Float64, torch.CPU);
+        var rstd = torch.empty(new[] { shape.N, shape.G }, ScalarType.Float64, torch.CPU);
+
+        var plan = Plan.For(shape, layout ?? ChannelLayout.ChannelsFirst);
+        if (src.dtype == ScalarType.Float32)
+            new ForwardJob<float>(src, y, w, b, mean, rstd, shape, eps, plan).Run();
+        else
+            new ForwardJob<double>(src, y, w, b, mean, rstd, shape, eps, plan).Run();
+
+        GC.KeepAlive(src);
+        GC.KeepAlive(w);
+        GC.KeepAlive(b);
+        return (y, mean, rstd);
+    }
+
+    public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
+        Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor? weight, GroupNormShape shape, GradientRequest need)
+    {
+        var layout = TensorMemory.DenseLayout(x.shape, x.stride()) ?? ChannelLayout.ChannelsFirst;
+        using var xd = TensorMemory.ToLayout(x, layout);
+        using var dyd = TensorMemory.ToLayout(dy, layout);
+        using var w = weight?.contiguous();
+        using var meanD = mean.contiguous();
+        using var rstdD = rstd.contiguous();
+
+        var dx = need.Input ? torch.empty_like(xd) : null;
+        var dweight = need.Weight ? torch.empty(shape.C, x.dtype, torch.CPU) : null;
+        var dbias = need.Bias ? torch.empty(shape.C, x.dtype, torch.CPU) : null;
+
+        var plan = Plan.For(shape, layout);
+        if (x.dtype == ScalarType.Float32)
+            new BackwardJob<float>(xd, dyd, dx, w, meanD, rstdD, dweight, dbias, shape, plan).Run();
+        else
+            new BackwardJob<double>(xd, dyd, dx, w, meanD, rstdD, dweight, dbias, shape, plan).Run();
+
+        GC.KeepAlive(xd);
+        GC.KeepAlive(dyd);
+        GC.KeepAlive(w);
+        GC.KeepAlive(meanD);
+        GC.KeepAlive(rstdD);
+        return (dx, dweight, dbias);
+    }
+
+    /// <summary>How one call is cut into parallel work.</summary>
+    private readonly record struct Plan(ChannelLayout Layout, long Rows, long RowLength, int Blocks, int Threads)
+    {
+        public long Items => Rows * Blocks;
+
+        public static Plan For(GroupNormShape s, ChannelLayout layout)
+        {
+            // Channels-first rows are (n, g) groups of D·S elements, split by element;
+            // channels-last rows are samples of S positions × C channels, split by position.
+            long rows = layout == ChannelLayout.ChannelsFirst ? s.Rows : s.N;
+            long rowLength = layout == ChannelLayout.ChannelsFirst ? s.GroupSize : s.S;
+            long rowElements = layout == ChannelLayout.ChannelsFirst ? s.GroupSize : s.S * s.C;
+
+            int threads = s.Numel < SerialElements ? 1 : Math.Max(1, Math.Min(Environment.ProcessorCount, torch.get_num_threads()));
+            int blocks = 1;
+            // Whole rows per thread keep each row in cache between its statistics and its output, but only
+            // pay off when there are enough rows to balance the threads.
+            if (threads > 1 && rows < 4L * threads && rows > 0)
+            {
+                long want = (4L * threads + rows - 1) / rows;
+                long most = Math.Max(1, Math.Min(rowLength, rowElements / MinBlockElements));
+                blocks = (int)Math.Clamp(want, 1, most);
+            }
+            return new Plan(layout, rows, rowLength, blocks, threads);
+        }
+
+        public (long Start, long End) BlockRange(long block) =>
+            (RowLength * block / Blocks, RowLength * (block + 1) / Blocks);
+
+        public void ForEach(long count, Action<long> body)
+        {
+            if (Threads <= 1 || count <= 1)
+            {
+                for (long i = 0; i < count; i++) body(i);
+                return;
+            }
+            Parallel.For(0L, count, new ParallelOptions { MaxDegreeOfParallelism = Threads }, body);
+        }
+    }
+
+    private static (T Hi, T Lo) SplitMean<T>(double mean) where T : unmanaged
+    {
+        if (typeof(T) == typeof(float))
+        {
+            var (hi, lo) = GroupNormMath.SplitMean(mean);
+            return (CpuFusedLoops.FromDouble<T>(hi), CpuFusedLoops.FromDouble<T>(lo));
+        }
+        return (CpuFusedLoops.FromDouble<T>(mean), default);
+    }
+
+    /// <summary>Moments of a contiguous span: two passes per segment, segments merged with Chan's update.</summary>
+    private static Moments SpanMoments<T>(T* p, long length) where T : unmanaged
+    {
+        long segment = SegmentBytes / sizeof(T);
+        var total = default(Moments);
+        for (long off = 0; off < length; off += segment)
+        {
+            long n = Math.Min(segment, length - off);
+            double m0 = CpuFusedLoops.Sum(p + off, n) / n;
+            var (dev, sq) = CpuFusedLoops.SumDeviations(p + off, n, m0);
+            total.Merge(new Moments(n, m0 + dev / n, sq - dev * dev / n));
+        }
+        return total;
+    }
+
+    /// <summary>Unmanaged scratch memory for one work item, freed on dispose.</summary>
+    private readonly struct Scratch : IDisposable
+    {
+        public readonly void* Pointer;
+
+        public Scratch(long bytes) => Pointer = NativeMemory.Alloc((nuint)Math.Max(bytes, 1));
+
+        public void Dispose() => NativeMemory.Free(Pointer);
+    }
+
+    private static T* PointerOrNull<T>(Tensor? t) where T : unmanaged => t is null ? null : TensorMemory.Pointer<T>(t);
+
+    // ---- forward -----------------------------------------------------------------------------------
+
+    private sealed class ForwardJob<T> where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        private readonly T* _x, _y, _w, _b;
+        private readonly double* _mean, _rstd;
+        private readonly long _c, _g, _d, _s;
+        private readonly double _eps;
+        private readonly Plan _plan;
+        private Moments[]? _partial;
+
+        public ForwardJob(Tensor x, Tensor y, Tensor? w, Tensor? b, Tensor mean, Tensor rstd, GroupNormShape s, double eps, Plan plan)
+        {
+            _x = TensorMemory.Pointer<T>(x);
+            _y = TensorMemory.Pointer<T>(y);
+            _w = PointerOrNull<T>(w);
+            _b = PointerOrNull<T>(b);
+            _mean = TensorMemory.Pointer<double>(mean);
+            _rstd = TensorMemory.Pointer<double>(rstd);
+            (_c, _g, _d, _s) = (s.C, s.G, s.D, s.S);
+            _eps = eps;
+            _plan = plan;
+        }
+
+        private bool ChannelsFirst => _plan.Layout == ChannelLayout.ChannelsFirst;
+
+        public void Run()
+        {
+            if (_plan.Blocks == 1)
+            {
+                _plan.ForEach(_plan.Rows, ChannelsFirst ? FusedGroup : FusedSample);
+                return;
+            }
+
+            // Per-block statistics: one Moments per block (channels-first) or per block and group (channels-last).
+            long perItem = ChannelsFirst ? 1 : _g;
+            _partial = ArrayPool<Moments>.Shared.Rent((int)(_plan.Items * perItem));
+            try
+            {
+                _plan.ForEach(_plan.Items, ChannelsFirst ? GroupBlockMoments : SampleBlockMoments);
+                MergeBlocks(perItem);
+                _plan.ForEach(_plan.Items, ChannelsFirst ? GroupBlockOutput : SampleBlockOutput);
+            }
+            finally
+            {
+                ArrayPool<Moments>.Shared.Return(_partial);
+            }
+        }
+
+        private void MergeBlocks(long perItem)
+        {
+            for (long row = 0; row < _plan.Rows; row++)
+            {
+                for (long j = 0; j < perItem; j++)
+                {
+                    var m = default(Moments);
+                    for (long k = 0; k < _plan.Blocks; k++)
+                        m.Merge(_partial![(row * _plan.Blocks + k) * perItem + j]);
+                    SetStatistics(row * perItem + j, m);
+                }
+            }
+        }
+
+        private void SetStatistics(long ng, in Moments m)
+        {
+            _mean[ng] = m.Mean;
+            _rstd[ng] = GroupNormMath.Rstd(m.Variance, _eps);
+        }
+
+        // Channels-first: row r is group (n, g), D·S contiguous elements starting at r·D·S.
+
+        private void FusedGroup(long r)
+        {
+            SetStatistics(r, SpanMoments(_x + r * _plan.RowLength, _plan.RowLength));
+            WriteGroup(r, 0, _plan.RowLength);
+        }
+
+        private void GroupBlockMoments(long item)
+        {
+            long r = item / _plan.Blocks;
+            var (start, end) = _plan.BlockRange(item % _plan.Blocks);
+            _partial![item] = SpanMoments(_x + r * _plan.RowLength + start, end - start);
+        }
+
+        private void GroupBlockOutput(long item)
+        {
+            var (start, end) = _plan.BlockRange(item % _plan.Blocks);
+            WriteGroup(item / _plan.Blocks, start, end);
+        }
+
+        private void WriteGroup(long r, long start, long end)
+        {
+            long g = r % _g;
+            T* xr = _x + r * _plan.RowLength, yr = _y + r * _plan.RowLength;
+            var (hi, lo) = SplitMean<T>(_mean[r]);
+            double rs = _rstd[r];
+            for (long pos = start; pos < end;)
+            {
+                long local = pos / _s, c = g * _d + local;
+                long stop = Math.Min(end, (local + 1) * _s);
+                T scale = CpuFusedLoops.FromDouble<T>(_w == null ? rs : rs * CpuFusedLoops.ToDouble(_w[c]));
+                T shift = _b == null ? T.Zero : _b[c];
+                CpuFusedLoops.Normalize(xr + pos, yr + pos, stop - pos, hi, lo, scale, shift);
+                pos = stop;
+            }
+        }
+
+        // Channels-last: row n is a sample of S positions × C channels starting at n·S·C.
+
+        private void FusedSample(long n)
+        {
+            var groups = ArrayPool<Moments>.Shared.Rent((int)_g);
+            try
+            {
+                Array.Clear(groups, 0, (int)_g);
+                SampleMoments(n, 0, _s, groups);
+                for (long g = 0; g < _g; g++) SetStatistics(n * _g + g, groups[g]);
+            }
+            finally
+            {
+                ArrayPool<Moments>.Shared.Return(groups);
+            }
+            WriteSample(n, 0, _s);
+        }
+
+        private void SampleBlockMoments(long item)
+        {
+            var (start, end) = _plan.BlockRange(item % _plan.Blocks);
+            var slice = new Span<Moments>(_partial, (int)(item * _g), (int)_g);
+            slice.Clear();
+            SampleMoments(item / _plan.Blocks, start, end, slice);
+        }
+
+        private void SampleBlockOutput(long item)
+        {
+            var (start, end) = _plan.BlockRange(item % _plan.Blocks);
+            WriteSample(item / _plan.Blocks, start, end);
+        }
+
+        /// <summary>Per-group moments of positions [p0, p1) of sample n, merged into <paramref name="groups"/>.</summary>
+        private void SampleMoments(long n, long p0, long p1, Span<Moments> groups)
+        {
+            long c = _c;
+            T* xs = _x + n * _s * c;
+            long pieceRows = Math.Max(1, SegmentBytes / sizeof(T) / c);
+            using var scratch = new Scratch(3 * c * sizeof(double));
+            double* acc = (double*)scratch.Pointer, dev = acc + c, sq = dev + c;
+
+            for (long q = p0; q < p1; q += pieceRows)
+            {
+                long rows = Math.Min(pieceRows, p1 - q);
+                double count = rows * _d;
+
+                new Span<double>(acc, (int)c).Clear();
+                for (long p = q; p < q + rows; p++) CpuFusedLoops.AccumulateRow(xs + p * c, acc, c);
+                // acc becomes the per-channel copy of its group's piece mean.
+                for (long g = 0; g < _g; g++)
+                {
+                    double sum = 0;
+                    for (long j = g * _d; j < (g + 1) * _d; j++) sum += acc[j];
+                    double m = sum / count;
+                    for (long j = g * _d; j < (g + 1) * _d; j++) acc[j] = m;
+                }
+
+                new Span<double>(dev, (int)(2 * c)).Clear();
+                for (long p = q; p < q + rows; p++) CpuFusedLoops.AccumulateDeviationsRow(xs + p * c, acc, dev, sq, c);
+                for (long g = 0; g < _g; g++)
+                {
+                    double sd = 0, ssq = 0;
+                    for (long j = g * _d; j < (g + 1) * _d; j++)
+                    {
+                        sd += dev[j];
+                        ssq += sq[j];
+                    }
+                    groups[(int)g].Merge(new Moments(count, acc[g * _d] + sd / count, ssq - sd * sd / count));
+                }
+            }
+        }
+
+        private void WriteSample(long n, long p0, long p1)
+        {
+            long c = _c;
+            T* xs = _x + n * _s * c, ys = _y + n * _s * c;
+            using var scratch = new Scratch(4 * c * sizeof(T));
+            T* hi = (T*)scratch.Pointer, lo = hi + c, scale = lo + c, shift = scale + c;
+            for (long j = 0; j < c; j++)
+            {
+                long ng = n * _g + j / _d;
+                (hi[j], lo[j]) = SplitMean<T>(_mean[ng]);
+                scale[j] = CpuFusedLoops.FromDouble<T>(_w == null ? _rstd[ng] : _rstd[ng] * CpuFusedLoops.ToDouble(_w[j]));
+                shift[j] = _b == null ? T.Zero : _b[j];
+            }
+            for (long p = p0; p < p1; p++)
+                CpuFusedLoops.NormalizeRow(xs + p * c, ys + p * c, hi, lo, scale, shift, c);
+        }
+    }
+
+    // ---- backward ----------------------------------------------------------------------------------
+
+    private sealed class BackwardJob<T> where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        private readonly T* _x, _dy, _dx, _w, _dw, _db;
+        private readonly double* _mean, _rstd;
+        private readonly long _n, _c, _g, _d, _s;
+        private readonly Plan _plan;
+
+        // Per-(n, c) sums A = Σ dy and B = Σ dy·(x − μ); per-block partial sums when rows are split.
+        private double* _sumA, _sumB, _partA, _partB;
+
+        public BackwardJob(Tensor x, Tensor dy, Tensor? dx, Tensor? w, Tensor mean, Tensor rstd, Tensor? dw, Tensor? db, GroupNormShape s, Plan plan)
+        {
+            _x = TensorMemory.Pointer<T>(x);
+            _dy = TensorMemory.Pointer<T>(dy);
+            _dx = PointerOrNull<T>(dx);
+            _w = PointerOrNull<T>(w);
+            _dw = PointerOrNull<T>(dw);
+            _db = PointerOrNull<T>(db);
+            _mean = TensorMemory.Pointer<double>(mean);
+            _rstd = TensorMemory.Pointer<double>(rstd);
+            (_n, _c, _g, _d, _s) = (s.N, s.C, s.G, s.D, s.S);
+            _plan = plan;
+        }
+
+        private bool ChannelsFirst => _plan.Layout == ChannelLayout.ChannelsFirst;
+
+        public void Run()
+        {
+            long nc = _n * _c;
+            // Channels-first blocks hold sums for the D channels of their group; channels-last blocks for all C.
+            long perItem = ChannelsFirst ? _d : _c;
+            long partial = _plan.Blocks == 1 ? 0 : _plan.Items * perItem;
+            using var scratch = new Scratch((2 * nc + 2 * partial) * sizeof(double));
+            _sumA = (double*)scratch.Pointer;
+            _sumB = _sumA + nc;
+            _partA = _sumB + nc;
+            _partB = _partA + partial;
+
+            if (_plan.Blocks == 1)
+            {
+                _plan.ForEach(_plan.Rows, ChannelsFirst ? FusedGroup : FusedSample);
+            }
+            else
+            {
+                new Span<double>(_partA, (int)(2 * partial)).Clear();
+                _plan.ForEach(_plan.Items, ChannelsFirst ? GroupBlockSums : SampleBlockSums);
+                MergeBlocks(perItem);
+                if (_dx != null) _plan.ForEach(_plan.Items, ChannelsFirst ? GroupBlockInputGradient : SampleBlockInputGradient);
+            }
+            ParameterGradients();
+        }
+
+        private void MergeBlocks(long perItem)
+        {
+            for (long row = 0; row < _plan.Rows; row++)
+            {
+                for (long j = 0; j < perItem; j++)
+                {
+                    double a = 0, b = 0;
+                    for (long k = 0; k < _plan.Blocks; k++)
+                    {
+                        long at = (row * _plan.Blocks + k) * perItem + j;
+                        a += _partA[at];
+                        b += _partB[at];
+                    }
+                    // Channels-first row r = (n, g) owns sums r·D .. r·D + D − 1; channels-last row n owns n·C .. n·C + C − 1.
+                    _sumA[row * perItem + j] = a;
+                    _sumB[row * perItem + j] = b;
+                }
+            }
+        }
+
+        private void ParameterGradients()
+        {
+            if (_dw == null && _db == null) return;
+            for (long c = 0; c < _c; c++)
+            {
+                double dw = 0, db = 0;
+                for (long n = 0; n < _n; n++)
+                {
+                    dw += _rstd[n * _g + c / _d] * _sumB[n * _c + c];
+                    db += _sumA[n * _c + c];
+                }
+                if (_dw != null) _dw[c] = CpuFusedLoops.FromDouble<T>(dw);
+                if (_db != null) _db[c] = CpuFusedLoops.FromDouble<T>(db);
+            }
+        }
+
+        private double Gamma(long c) => _w == null ? 1.0 : CpuFusedLoops.ToDouble(_w[c]);
+
+        // Channels-first: group r = (n, g); its channels' sums live at r·D .. r·D + D − 1 (= n·C + g·D + j).
+
+        private void FusedGroup(long r)
+        {
+            long len = _plan.RowLength;
+            new Span<double>(_sumA + r * _d, (int)_d).Clear();
+            new Span<double>(_sumB + r * _d, (int)_d).Clear();
+            GroupSums(r, 0, len, _sumA + r * _d, _sumB + r * _d);
+            if (_dx != null) GroupInputGradient(r, 0, len);
+        }
+
+        private void GroupBlockSums(long item)
+        {
+            var (start, end) = _plan.BlockRange(item % _plan.Blocks);
+            GroupSums(item / _plan.Blocks, start, end, _partA + item * _d, _partB + item * _d);
+        }
+
+        private void GroupBlockInputGradient(long item)
+        {
+            var (start, end) = _plan.BlockRange(item % _plan.Blocks);
+            GroupInputGradient(item / _plan.Blocks, start, end);
+        }
+
+        /// <summary>Adds the sums of elements [start, end) of group r into per-channel slots a[j], b[j].</summary>
+        private void GroupSums(long r, long start, long end, double* a, double* b)
+        {
+            T* xr = _x + r * _plan.RowLength, gr = _dy + r * _plan.RowLength;
+            double mean = _mean[r];
+            for (long pos = start; pos < end;)
+            {
+                long local = pos / _s, stop = Math.Min(end, (local + 1) * _s);
+                var (sa, sb) = CpuFusedLoops.GradientSums(xr + pos, gr + pos, stop - pos, mean);
+                a[local] += sa;
+                b[local] += sb;
+                pos = stop;
+            }
+        }
+
+        private void GroupInputGradient(long r, long start, long end)
+        {
+            long g = r % _g;
+            double rs = _rstd[r], gammaA = 0, gammaB = 0;
+            for (long j = 0; j < _d; j++)
+            {
+                double gamma = Gamma(g * _d + j);
+                gammaA += gamma * _sumA[r * _d + j];
+                gammaB += gamma * _sumB[r * _d + j];
+            }
+            var (bd, kd) = GroupNormMath.InputGradientCoefficients(rs, gammaA, gammaB, _plan.RowLength);
+            T b = CpuFusedLoops.FromDouble<T>(bd), k = CpuFusedLoops.FromDouble<T>(kd);
+            var (hi, lo) = SplitMean<T>(_mean[r]);
+
+            T* xr = _x + r * _plan.RowLength, gr = _dy + r * _plan.RowLength, dr = _dx + r * _plan.RowLength;
+            for (long pos = start; pos < end;)
+            {
+                long local = pos / _s, stop = Math.Min(end, (local + 1) * _s);
+                T a = CpuFusedLoops.FromDouble<T>(rs * Gamma(g * _d + local));
+                CpuFusedLoops.InputGradient(xr + pos, gr + pos, dr + pos, stop - pos, hi, lo, a, b, k);
+                pos = stop;
+            }
+        }
+
+        // Channels-last: sample n; its channels' sums live at n·C .. n·C + C − 1.
+
+        private void FusedSample(long n)
+        {
+            new Span<double>(_sumA + n * _c, (int)_c).Clear();
+            new Span<double>(_sumB + n * _c, (int)_c).Clear();
+            SampleSums(n, 0, _s, _sumA + n * _c, _sumB + n * _c);
+            if (_dx != null) SampleInputGradient(n, 0, _s);
+        }
+
+        private void SampleBlockSums(long item)
+        {
+            var (start, end) = _plan.BlockRange(item % _plan.Blocks);
+            SampleSums(item / _plan.Blocks, start, end, _partA + item * _c, _partB + item * _c);
+        }
+
+        private void SampleBlockInputGradient(long item)
+        {
+            var (start, end) = _plan.BlockRange(item % _plan.Blocks);
+            SampleInputGradient(item / _plan.Blocks, start, end);
+        }
+
+        private void SampleSums(long n, long p0, long p1, double* a, double* b)
+        {
+            long c = _c;
+            using var scratch = new Scratch(c * sizeof(double));
+            double* meanPerChannel = (double*)scratch.Pointer;
+            for (long j = 0; j < c; j++) meanPerChannel[j] = _mean[n * _g + j / _d];
+            T* xs = _x + n * _s * c, gs = _dy + n * _s * c;
+            for (long p = p0; p < p1; p++)
+                CpuFusedLoops.AccumulateGradientRow(xs + p * c, gs + p * c, meanPerChannel, a, b, c);
+        }
+
+        private void SampleInputGradient(long n, long p0, long p1)
+        {
+            long c = _c;
+            using var scratch = new Scratch(5 * c * sizeof(T));
+            T* hi = (T*)scratch.Pointer, lo = hi + c, a = lo + c, b = a + c, k = b + c;
+            for (long g = 0; g < _g; g++)
+            {
+                long ng = n * _g + g;
+                double rs = _rstd[ng], gammaA = 0, gammaB = 0;
+                for (long j = g * _d; j < (g + 1) * _d; j++)
+                {
+                    gammaA += Gamma(j) * _sumA[n * c + j];
+                    gammaB += Gamma(j) * _sumB[n * c + j];
+                }
+                var (bd, kd) = GroupNormMath.InputGradientCoefficients(rs, gammaA, gammaB, _d * _s);
+                var (h, l) = SplitMean<T>(_mean[ng]);
+                for (long j = g * _d; j < (g + 1) * _d; j++)
+                {
+                    hi[j] = h;
+                    lo[j] = l;
+                    a[j] = CpuFusedLoops.FromDouble<T>(rs * Gamma(j));
+                    b[j] = CpuFusedLoops.FromDouble<T>(bd);
+                    k[j] = CpuFusedLoops.FromDouble<T>(kd);
+                }
+            }
+            T* xs = _x + n * _s * c, gs = _dy + n * _s * c, ds = _dx + n * _s * c;
+            for (long p = p0; p < p1; p++)
+                CpuFusedLoops.InputGradientRow(xs + p * c, gs + p * c, ds + p * c, hi, lo, a, b, k, c);
+        }
+    }
+}

@@ -1,0 +1,366 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+
+namespace GroupNormalization.Kernels;
+
+/// <summary>
+/// The innermost loops of the fused CPU kernels (see <see cref="CpuFusedKernel"/> for how they are
+/// scheduled and <see cref="GroupNormMath"/> for the formulas).
+/// <para>
+/// Generic over float and double: the JIT compiles one specialisation per type and removes the
+/// <c>typeof(T)</c> branches. Every reduction accumulates in double: float32 values are widened
+/// lane-wise, so sums over hundreds of thousands of elements keep float32 results exact to rounding.
+/// Element-wise loops run in T with per-channel coefficients prepared in double.
+/// </para>
+/// <para>
+/// Contiguous loops: a span of one channel plane (channels-first). Row loops: one spatial position of a
+/// channels-last tensor, C contiguous channels, with per-channel coefficient arrays.
+/// </para>
+/// </summary>
+internal static unsafe class CpuFusedLoops
+{
+    // ---- helpers -------------------------------------------------------------------------------
+
+    /// <summary>Elements per widened block: one Vector&lt;float&gt;, or two Vector&lt;double&gt;.</summary>
+    private static int BlockWidth
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Vector<double>.Count * 2;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void LoadWide<T>(T* p, out Vector<double> lo, out Vector<double> hi) where T : unmanaged
+    {
+        if (typeof(T) == typeof(float))
+        {
+            Vector.Widen(Unsafe.ReadUnaligned<Vector<float>>(p), out lo, out hi);
+        }
+        else
+        {
+            lo = Unsafe.ReadUnaligned<Vector<double>>(p);
+            hi = Unsafe.ReadUnaligned<Vector<double>>((double*)p + Vector<double>.Count);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector<double> LoadDouble(double* p) => Unsafe.ReadUnaligned<Vector<double>>(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreDouble(double* p, Vector<double> v) => Unsafe.WriteUnaligned(p, v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector<T> Load<T>(T* p) where T : unmanaged => Unsafe.ReadUnaligned<Vector<T>>(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store<T>(T* p, Vector<T> v) where T : unmanaged => Unsafe.WriteUnaligned(p, v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static double ToDouble<T>(T v) where T : unmanaged =>
+        typeof(T) == typeof(float) ? Unsafe.As<T, float>(ref v) : Unsafe.As<T, double>(ref v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static T FromDouble<T>(double v) where T : unmanaged
+    {
+        if (typeof(T) == typeof(float))
+        {
+            float f = (float)v;
+            return Unsafe.As<float, T>(ref f);
+        }
+        return Unsafe.As<double, T>(ref v);
+    }
+
+    // ---- contiguous reductions (double accumulators) ---------------------------------------------
+
+    /// <summary>Σ p[i].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static double Sum<T>(T* p, long n) where T : unmanaged
+    {
+        long i = 0;
+        double s = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            int w = BlockWidth;
+            Vector<double> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (; i <= n - 2 * w; i += 2 * w)
+            {
+                LoadWide(p + i, out var l0, out var h0);
+                LoadWide(p + i + w, out var l1, out var h1);
+                a0 += l0;
+                a1 += h0;
+                a2 += l1;
+                a3 += h1;
+            }
+            for (; i <= n - w; i += w)
+            {
+                LoadWide(p + i, out var l0, out var h0);
+                a0 += l0;
+                a1 += h0;
+            }
+            s = Vector.Sum((a0 + a2) + (a1 + a3));
+        }
+        for (; i < n; i++) s += ToDouble(p[i]);
+        return s;
+    }
+
+    /// <summary>Σ (p[i] − m) and Σ (p[i] − m)², the second pass of a two-pass variance.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static (double Dev, double SqDev) SumDeviations<T>(T* p, long n, double m) where T : unmanaged
+    {
+        long i = 0;
+        double s = 0, q = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            int w = BlockWidth;
+            var vm = new Vector<double>(m);
+            Vector<double> s0 = default, s1 = default, q0 = default, q1 = default;
+            Vector<double> s2 = default, s3 = default, q2 = default, q3 = default;
+            for (; i <= n - 2 * w; i += 2 * w)
+            {
+                LoadWide(p + i, out var l0, out var h0);
+                LoadWide(p + i + w, out var l1, out var h1);
+                l0 -= vm;
+                h0 -= vm;
+                l1 -= vm;
+                h1 -= vm;
+                s0 += l0;
+                s1 += h0;
+                s2 += l1;
+                s3 += h1;
+                q0 += l0 * l0;
+                q1 += h0 * h0;
+                q2 += l1 * l1;
+                q3 += h1 * h1;
+            }
+            for (; i <= n - w; i += w)
+            {
+                LoadWide(p + i, out var l0, out var h0);
+                l0 -= vm;
+                h0 -= vm;
+                s0 += l0;
+                s1 += h0;
+                q0 += l0 * l0;
+                q1 += h0 * h0;
+            }
+            s = Vector.Sum((s0 + s2) + (s1 + s3));
+            q = Vector.Sum((q0 + q2) + (q1 + q3));
+        }
+        for (; i < n; i++)
+        {
+            double d = ToDouble(p[i]) - m;
+            s += d;
+            q += d * d;
+        }
+        return (s, q);
+    }
+
+    /// <summary>Σ dy and Σ dy·(x − m): the per-(n, c) sums A and B of the backward pass.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static (double A, double B) GradientSums<T>(T* x, T* dy, long n, double m) where T : unmanaged
+    {
+        long i = 0;
+        double a = 0, b = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            int w = BlockWidth;
+            var vm = new Vector<double>(m);
+            Vector<double> a0 = default, a1 = default, b0 = default, b1 = default;
+            Vector<double> a2 = default, a3 = default, b2 = default, b3 = default;
+            for (; i <= n - 2 * w; i += 2 * w)
+            {
+                LoadWide(x + i, out var xl0, out var xh0);
+                LoadWide(dy + i, out var gl0, out var gh0);
+                LoadWide(x + i + w, out var xl1, out var xh1);
+                LoadWide(dy + i + w, out var gl1, out var gh1);
+                a0 += gl0;
+                a1 += gh0;
+                a2 += gl1;
+                a3 += gh1;
+                b0 += gl0 * (xl0 - vm);
+                b1 += gh0 * (xh0 - vm);
+                b2 += gl1 * (xl1 - vm);
+                b3 += gh1 * (xh1 - vm);
+            }
+            for (; i <= n - w; i += w)
+            {
+                LoadWide(x + i, out var xl, out var xh);
+                LoadWide(dy + i, out var gl, out var gh);
+                a0 += gl;
+                a1 += gh;
+                b0 += gl * (xl - vm);
+                b1 += gh * (xh - vm);
+            }
+            a = Vector.Sum((a0 + a2) + (a1 + a3));
+            b = Vector.Sum((b0 + b2) + (b1 + b3));
+        }
+        for (; i < n; i++)
+        {
+            double g = ToDouble(dy[i]);
+            a += g;
+            b += g * (ToDouble(x[i]) - m);
+        }
+        return (a, b);
+    }
+
+    // ---- contiguous element-wise loops (in T) ---------------------------------------------------
+
+    /// <summary>y = ((x − μhi) − μlo)·scale + shift.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Normalize<T>(T* x, T* y, long n, T muHi, T muLo, T scale, T shift)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        long i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            int w = Vector<T>.Count;
+            var vh = new Vector<T>(muHi);
+            var vl = new Vector<T>(muLo);
+            var vs = new Vector<T>(scale);
+            var vb = new Vector<T>(shift);
+            for (; i <= n - 2 * w; i += 2 * w)
+            {
+                var v0 = Load(x + i);
+                var v1 = Load(x + i + w);
+                Store(y + i, ((v0 - vh) - vl) * vs + vb);
+                Store(y + i + w, ((v1 - vh) - vl) * vs + vb);
+            }
+            for (; i <= n - w; i += w)
+                Store(y + i, ((Load(x + i) - vh) - vl) * vs + vb);
+        }
+        for (; i < n; i++) y[i] = ((x[i] - muHi) - muLo) * scale + shift;
+    }
+
+    /// <summary>dx = a·dy + b·((x − μhi) − μlo) + k.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void InputGradient<T>(T* x, T* dy, T* dx, long n, T muHi, T muLo, T a, T b, T k)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        long i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            int w = Vector<T>.Count;
+            var vh = new Vector<T>(muHi);
+            var vl = new Vector<T>(muLo);
+            var va = new Vector<T>(a);
+            var vb = new Vector<T>(b);
+            var vk = new Vector<T>(k);
+            for (; i <= n - 2 * w; i += 2 * w)
+            {
+                var x0 = Load(x + i);
+                var x1 = Load(x + i + w);
+                var g0 = Load(dy + i);
+                var g1 = Load(dy + i + w);
+                Store(dx + i, va * g0 + (vb * ((x0 - vh) - vl) + vk));
+                Store(dx + i + w, va * g1 + (vb * ((x1 - vh) - vl) + vk));
+            }
+            for (; i <= n - w; i += w)
+                Store(dx + i, va * Load(dy + i) + (vb * ((Load(x + i) - vh) - vl) + vk));
+        }
+        for (; i < n; i++) dx[i] = a * dy[i] + (b * ((x[i] - muHi) - muLo) + k);
+    }
+
+    // ---- channels-last row loops: one spatial position, C contiguous channels ---------------------
+
+    /// <summary>acc[c] += x[c].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void AccumulateRow<T>(T* x, double* acc, long c) where T : unmanaged
+    {
+        long i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            int w = BlockWidth, h = Vector<double>.Count;
+            for (; i <= c - w; i += w)
+            {
+                LoadWide(x + i, out var lo, out var hi);
+                StoreDouble(acc + i, LoadDouble(acc + i) + lo);
+                StoreDouble(acc + i + h, LoadDouble(acc + i + h) + hi);
+            }
+        }
+        for (; i < c; i++) acc[i] += ToDouble(x[i]);
+    }
+
+    /// <summary>dev[c] += x[c] − m[c]; sq[c] += (x[c] − m[c])².</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void AccumulateDeviationsRow<T>(T* x, double* m, double* dev, double* sq, long c) where T : unmanaged
+    {
+        long i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            int w = BlockWidth, h = Vector<double>.Count;
+            for (; i <= c - w; i += w)
+            {
+                LoadWide(x + i, out var lo, out var hi);
+                lo -= LoadDouble(m + i);
+                hi -= LoadDouble(m + i + h);
+                StoreDouble(dev + i, LoadDouble(dev + i) + lo);
+                StoreDouble(dev + i + h, LoadDouble(dev + i + h) + hi);
+                StoreDouble(sq + i, LoadDouble(sq + i) + lo * lo);
+                StoreDouble(sq + i + h, LoadDouble(sq + i + h) + hi * hi);
+            }
+        }
+        for (; i < c; i++)
+        {
+            double d = ToDouble(x[i]) - m[i];
+            dev[i] += d;
+            sq[i] += d * d;
+        }
+    }
+
+    /// <summary>sumA[c] += dy[c]; sumB[c] += dy[c]·(x[c] − m[c]).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void AccumulateGradientRow<T>(T* x, T* dy, double* m, double* sumA, double* sumB, long c) where T : unmanaged
+    {
+        long i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            int w = BlockWidth, h = Vector<double>.Count;
+            for (; i <= c - w; i += w)
+            {
+                LoadWide(x + i, out var xl, out var xh);
+                LoadWide(dy + i, out var gl, out var gh);
+                StoreDouble(sumA + i, LoadDouble(sumA + i) + gl);
+                StoreDouble(sumA + i + h, LoadDouble(sumA + i + h) + gh);
+                StoreDouble(sumB + i, LoadDouble(sumB + i) + gl * (xl - LoadDouble(m + i)));
+                StoreDouble(sumB + i + h, LoadDouble(sumB + i + h) + gh * (xh - LoadDouble(m + i + h)));
+            }
+        }
+        for (; i < c; i++)
+        {
+            double g = ToDouble(dy[i]);
+            sumA[i] += g;
+            sumB[i] += g * (ToDouble(x[i]) - m[i]);
+        }
+    }
+
+    /// <summary>y[c] = ((x[c] − μhi[c]) − μlo[c])·scale[c] + shift[c].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void NormalizeRow<T>(T* x, T* y, T* muHi, T* muLo, T* scale, T* shift, long c)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        long i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            int w = Vector<T>.Count;
+            for (; i <= c - w; i += w)
+                Store(y + i, ((Load(x + i) - Load(muHi + i)) - Load(muLo + i)) * Load(scale + i) + Load(shift + i));
+        }
+        for (; i < c; i++) y[i] = ((x[i] - muHi[i]) - muLo[i]) * scale[i] + shift[i];
+    }
+
+    /// <summary>dx[c] = a[c]·dy[c] + b[c]·((x[c] − μhi[c]) − μlo[c]) + k[c].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void InputGradientRow<T>(T* x, T* dy, T* dx, T* muHi, T* muLo, T* a, T* b, T* k, long c)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        long i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            int w = Vector<T>.Count;
+            for (; i <= c - w; i += w)
+            {
+                var d = (Load(x + i) - Load(muHi + i)) - Load(muLo + i);
+                Store(dx + i, Load(a + i) * Load(dy + i) + (Load(b + i) * d + Load(k + i)));
+            }
+        }
+        for (; i < c; i++) dx[i] = a[i] * dy[i] + (b[i] * ((x[i] - muHi[i]) - muLo[i]) + k[i]);
+    }
+}

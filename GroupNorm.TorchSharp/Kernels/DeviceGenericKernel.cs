@@ -1,0 +1,109 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GroupNormalization.Kernels;
+
+/// <summary>
+/// GroupNorm built from TorchSharp tensor operations, so it runs wherever libtorch runs: CUDA, and CPU
+/// tensors the fused kernel does not take (float16, bfloat16). Formulas: <see cref="GroupNormMath"/>.
+/// <para>
+/// Statistics and coefficients are computed in the "opmath" type (float32 for half types, otherwise the
+/// input's own). Forward folds γ, β, μ and r into per-(n, c) scale and shift so that the output is one
+/// fused addcmul over x. Backward uses the centred sums B = Σ dy·(x − μ), not Σ dy·x − μ·Σ dy.
+/// </para>
+/// </summary>
+internal static class DeviceGenericKernel
+{
+    internal static ScalarType OpMathType(ScalarType dtype) =>
+        dtype is ScalarType.Float16 or ScalarType.BFloat16 ? ScalarType.Float32 : dtype;
+
+    public static (Tensor Y, Tensor Mean, Tensor Rstd) Forward(Tensor x, Tensor? weight, Tensor? bias, GroupNormShape s, double eps)
+    {
+        using var scope = torch.NewDisposeScope();
+        var opmath = OpMathType(x.dtype);
+
+        var grouped = x.reshape(s.N, s.G, s.GroupSize);
+        if (grouped.dtype != opmath) grouped = grouped.to(opmath);
+        var (variance, mean) = grouped.var_mean(new long[] { 2 }, unbiased: false);
+        var rstd = variance.add_(eps).rsqrt_();
+
+        // scale[n, c] = r·γ[c]; shift[n, c] = β[c] − μ·scale.
+        var r = rstd.view(s.N, s.G, 1);
+        var scale = weight is null ? r.expand(s.N, s.G, s.D) : r * weight.to(opmath).view(1, s.G, s.D);
+        var shift = mean.view(s.N, s.G, 1) * scale;
+        shift = bias is null ? shift.neg_() : bias.to(opmath).view(1, s.G, s.D) - shift;
+
+        var broadcast = BroadcastShape(x.ndim, s);
+        var y = torch.addcmul(shift.reshape(broadcast), x, scale.reshape(broadcast), 1);
+        if (y.dtype != x.dtype) y = y.to(x.dtype);
+
+        return (y.MoveToOuterDisposeScope(), mean.MoveToOuterDisposeScope(), rstd.MoveToOuterDisposeScope());
+    }
+
+    public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
+        Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor? weight, GroupNormShape s, GradientRequest need)
+    {
+        using var scope = torch.NewDisposeScope();
+        var opmath = OpMathType(x.dtype);
+
+        var xs = x.reshape(s.N, s.G, s.D, s.S);
+        var dys = dy.reshape(s.N, s.G, s.D, s.S);
+        if (xs.dtype != opmath) xs = xs.to(opmath);
+        if (dys.dtype != opmath) dys = dys.to(opmath);
+        var m = mean.to(opmath).view(s.N, s.G, 1, 1);
+        var r = rstd.to(opmath).view(s.N, s.G, 1);
+
+        var centred = xs - m;
+        var sumA = dys.sum(dim: 3);                // A[n, g, j] = Σ_s dy
+        var sumB = (dys * centred).sum(dim: 3);    // B[n, g, j] = Σ_s dy·(x − μ)
+
+        Tensor? dx = null, dweight = null, dbias = null;
+        if (need.Input)
+        {
+            var gamma = weight?.to(opmath).view(1, s.G, s.D);
+            var gammaA = (gamma is null ? sumA : sumA * gamma).sum(dim: 2, keepdim: true);
+            var gammaB = (gamma is null ? sumB : sumB * gamma).sum(dim: 2, keepdim: true);
+            double inv = s.GroupSize == 0 ? 0 : 1.0 / s.GroupSize;
+            var b = r.pow(3).mul_(gammaB).mul_(-inv);
+            var k = (r * gammaA).mul_(-inv);
+            var a = gamma is null ? r : r * gamma;
+            dx = torch.addcmul(k.unsqueeze(3), centred, b.unsqueeze(3), 1)
+                .addcmul_(dys, a.unsqueeze(3), 1)
+                .reshape(x.shape);
+            if (dx.dtype != x.dtype) dx = dx.to(x.dtype);
+            dx = MatchLayout(dx, x);
+        }
+        if (need.Weight)
+        {
+            dweight = (sumB * r).sum(dim: 0).reshape(s.C);
+            if (dweight.dtype != x.dtype) dweight = dweight.to(x.dtype);
+        }
+        if (need.Bias)
+        {
+            dbias = sumA.sum(dim: 0).reshape(s.C);
+            if (dbias.dtype != x.dtype) dbias = dbias.to(x.dtype);
+        }
+
+        return (dx?.MoveToOuterDisposeScope(), dweight?.MoveToOuterDisposeScope(), dbias?.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>(N, C, 1, …, 1): per-(n, c) coefficients broadcast over the spatial dimensions.</summary>
+    internal static long[] BroadcastShape(long rank, GroupNormShape s)
+    {
+        var shape = new long[rank];
+        shape[0] = s.N;
+        shape[1] = s.C;
+        for (long i = 2; i < rank; i++) shape[i] = 1;
+        return shape;
+    }
+
+    /// <summary>Gives a gradient the input's channels-last layout when the input had it.</summary>
+    private static Tensor MatchLayout(Tensor grad, Tensor like)
+    {
+        if (like.ndim < 3) return grad;
+        var layout = TensorMemory.DenseLayout(like.shape, like.stride());
+        return layout == ChannelLayout.ChannelsLast && TensorMemory.DenseLayout(grad.shape, grad.stride()) != ChannelLayout.ChannelsLast
+            ? TensorMemory.ToLayout(grad, ChannelLayout.ChannelsLast)
+            : grad;
+    }
+}
