@@ -31,9 +31,13 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
     private sealed record Settings(GroupNormShape Shape, double Eps, KernelKind Kernel, GradientRequest Need);
 
     // TorchSharp wraps forward's outputs in new handles and saves tensors after forward returns, so the
-    // handles forward made must outlive it; they are released as soon as apply returns.
+    // handles forward made must outlive it; they are released as soon as apply returns, together with
+    // TorchSharp's spare output cache (see OutputCacheRelease).
     [ThreadStatic]
     private static List<Tensor>? t_releaseAfterApply;
+
+    [ThreadStatic]
+    private static List<autograd.AutogradContext>? t_contextsAfterApply;
 
     public override string Name => "GroupNormBackward";
 
@@ -53,7 +57,8 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         }
 
         var release = t_releaseAfterApply ??= new List<Tensor>(4);
-        int mark = release.Count;
+        var contexts = t_contextsAfterApply ??= new List<autograd.AutogradContext>(1);
+        int mark = release.Count, contextMark = contexts.Count;
         try
         {
             return apply(input, weight, bias, new Settings(shape, eps, kernel, need));
@@ -62,6 +67,8 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         {
             for (int i = release.Count - 1; i >= mark; i--) release[i].Dispose();
             release.RemoveRange(mark, release.Count - mark);
+            for (int i = contexts.Count - 1; i >= contextMark; i--) OutputCacheRelease.Release(contexts[i]);
+            contexts.RemoveRange(contextMark, contexts.Count - contextMark);
         }
     }
 
@@ -75,6 +82,10 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         var (y, mean, rstd) = KernelSelector.Forward(settings.Kernel, x, weight, bias, settings.Shape, settings.Eps);
         ctx.save_for_backward(new List<Tensor> { x, weight!, mean, rstd });
         ctx.save_data(SettingsKey, settings);
+        // An undefined incoming gradient reaches backward as an invalid tensor instead of a zero tensor
+        // built from TorchSharp's output cache, which OutputCacheRelease frees.
+        ctx.set_materialize_grads(false);
+        t_contextsAfterApply!.Add(ctx);
 
         var release = t_releaseAfterApply!;
         release.Add(y);
@@ -102,6 +113,11 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
     {
         var settings = (Settings)ctx.get_data(SettingsKey);
         var need = settings.Need;
+        if (gradOutput.IsInvalid)
+        {
+            // No gradient reached y (materialize_grads is off): contribute none to the inputs.
+            return new List<Tensor> { null!, null!, null!, null! };
+        }
 
         Tensor? dx, dweight, dbias;
         using (var scope = torch.NewDisposeScope())

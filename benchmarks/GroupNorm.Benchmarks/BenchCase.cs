@@ -1,0 +1,37 @@
+using System.Collections.Generic;
+using System.Linq;
+
+namespace GroupNormalization.Benchmarks;
+
+/// <summary>One benchmark input shape (N, C, H, W) and its group count.</summary>
+public sealed record BenchCase(long N, long C, long H, long W, long G)
+{
+    public long[] Shape => new[] { N, C, H, W };
+
+    public long Numel => N * C * H * W;
+
+    /// <summary>The shapes: common vision and diffusion-model layers, plus ResNet-20 on CIFAR.</summary>
+    public static IReadOnlyList<BenchCase> Standard { get; } = new[]
+    {
+        new BenchCase(32, 64, 32, 32, 32),
+        new BenchCase(128, 64, 32, 32, 32),
+        new BenchCase(8, 256, 56, 56, 32),
+        new BenchCase(2, 320, 64, 64, 32),
+        new BenchCase(2, 1280, 8, 8, 32),
+        new BenchCase(1, 32, 256, 256, 32),
+        new BenchCase(64, 512, 7, 7, 32),
+        new BenchCase(16, 16, 32, 32, 8),
+    };
+
+    public static IEnumerable<BenchCase> Quick => Standard.Where(c => c.Numel <= 300_000).Take(1);
+
+    // BenchmarkDotNet prints parameters with ToString: keep it short and stable for the report.
+    public override string ToString() => $"{N}x{C}x{H}x{W}/G{G}";
+}
+
+/// <summary>Memory layouts under test.</summary>
+public enum Layout
+{
+    Nchw,
+    ChannelsLast,
+}

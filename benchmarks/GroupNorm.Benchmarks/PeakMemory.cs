@@ -1,0 +1,78 @@
+using System;
+using System.Globalization;
+using System.IO;
+using System.Linq;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GroupNormalization.Benchmarks;
+
+/// <summary>
+/// Peak resident memory of one forward+backward, ours against the built-in, on the benchmark shapes.
+/// libtorch's CPU allocator hands large blocks straight back to the OS, so the rise of the process's
+/// peak RSS (VmHWM, reset through /proc/self/clear_refs) above its RSS before the call is what that call
+/// needed at its peak. Linux only.
+/// </summary>
+internal static class PeakMemory
+{
+    public static int Run(bool quick, TextWriter console)
+    {
+        if (!File.Exists("/proc/self/clear_refs"))
+        {
+            console.WriteLine("Peak-memory mode needs Linux's /proc/self/clear_refs.");
+            return 1;
+        }
+        var cases = quick ? BenchCase.Quick : BenchCase.Standard;
+        console.WriteLine("| shape/G | layout | input MiB | built-in peak MiB | ours peak MiB | ratio |");
+        console.WriteLine("|---|---|---:|---:|---:|---:|");
+        bool allWithin = true;
+        foreach (var c in cases)
+        {
+            foreach (var layout in new[] { Layout.Nchw, Layout.ChannelsLast })
+            {
+                using var inputs = new Inputs(c, ScalarType.Float32, layout);
+                // Interleave and repeat so neither side benefits from the other's freed pages.
+                double builtin = double.MaxValue, ours = double.MaxValue;
+                for (int round = 0; round < 3; round++)
+                {
+                    builtin = Math.Min(builtin, Measure(() => Step(inputs, builtIn: true)));
+                    ours = Math.Min(ours, Measure(() => Step(inputs, builtIn: false)));
+                }
+                double inputMiB = c.Numel * 4 / 1048576.0;
+                allWithin &= ours <= builtin * 1.05 + 1;
+                console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {c} | {(layout == Layout.Nchw ? "NCHW" : "NHWC")} | {inputMiB:0.0} | {builtin:0.0} | {ours:0.0} | {ours / builtin:0.00}× |"));
+            }
+        }
+        console.WriteLine(allWithin ? "Ours never needs more than the built-in (within 5% + 1 MiB)." : "Ours needs more than the built-in on some shape.");
+        return 0;
+    }
+
+    private static void Step(Inputs inputs, bool builtIn)
+    {
+        using var scope = torch.NewDisposeScope();
+        var y = builtIn
+            ? torch.nn.functional.group_norm(inputs.XGrad, inputs.Case.G, inputs.Weight, inputs.Bias)
+            : Functional.group_norm(inputs.XGrad, inputs.Case.G, inputs.Weight, inputs.Bias);
+        torch.autograd.grad(new[] { y }, new[] { inputs.XGrad, inputs.Weight, inputs.Bias }, new[] { inputs.Dy });
+    }
+
+    /// <summary>Peak RSS rise in MiB while <paramref name="action"/> runs.</summary>
+    private static double Measure(Action action)
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        File.WriteAllText("/proc/self/clear_refs", "5");
+        long before = ReadStatusKiB("VmRSS");
+        action();
+        long peak = ReadStatusKiB("VmHWM");
+        return Math.Max(0, peak - before) / 1024.0;
+    }
+
+    private static long ReadStatusKiB(string field)
+    {
+        var line = File.ReadLines("/proc/self/status").First(l => l.StartsWith(field + ":", StringComparison.Ordinal));
+        return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
+    }
+}

@@ -1,0 +1,87 @@
+using System.Collections.Generic;
+using System.Globalization;
+using System.IO;
+using System.Linq;
+using System.Text;
+using BenchmarkDotNet.Reports;
+using static TorchSharp.torch;
+
+namespace GroupNormalization.Benchmarks;
+
+/// <summary>
+/// Turns a <see cref="GroupNormBenchmarks"/> run into the README's table: one row per
+/// (shape, dtype, layout) with times, ratios to the built-in and effective bandwidth, then the
+/// issue's targets (median ratios, worst ratio) computed from the same numbers.
+/// </summary>
+internal static class ReportTable
+{
+    private sealed record Key(string Case, ScalarType DType, Layout Layout, long Numel);
+
+    public static void Write(Summary summary, TextWriter console)
+    {
+        var medians = new Dictionary<(Key, string), double>();
+        foreach (var report in summary.Reports)
+        {
+            if (report.ResultStatistics is null) continue;
+            var bc = report.BenchmarkCase;
+            if (bc.Parameters["Case"] is not BenchCase c) continue;
+            var key = new Key(c.ToString(), (ScalarType)bc.Parameters["DType"], (Layout)bc.Parameters["Layout"], c.Numel);
+            medians[(key, bc.Descriptor.WorkloadMethod.Name)] = report.ResultStatistics.Median / 1e6; // ns → ms
+        }
+        if (medians.Count == 0) return;
+
+        var keys = medians.Keys.Select(k => k.Item1).Distinct()
+            .OrderBy(k => k.DType).ThenBy(k => k.Layout).ToList();
+        double Get(Key k, string m) => medians.TryGetValue((k, m), out var v) ? v : double.NaN;
+
+        var sb = new StringBuilder();
+        sb.AppendLine("| shape/G | dtype | layout | built-in fwd ms | ours fwd ms | ratio | generic ratio | ours fwd GB/s | copy GB/s | built-in fwd+bwd ms | ours fwd+bwd ms | ratio | generic ratio | ours fwd+bwd GB/s |");
+        sb.AppendLine("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        var fwdRatios = new List<double>();
+        var fbRatios = new List<double>();
+        foreach (var k in keys)
+        {
+            int size = k.DType == ScalarType.Float64 ? 8 : 4;
+            // Minimum traffic: forward reads x and writes y; backward reads x and dy and writes dx.
+            double fwdBytes = 2.0 * k.Numel * size, fbBytes = 5.0 * k.Numel * size;
+            double bf = Get(k, nameof(GroupNormBenchmarks.BuiltinForward)), of = Get(k, nameof(GroupNormBenchmarks.OursForward));
+            double gf = Get(k, nameof(GroupNormBenchmarks.GenericForward)), cp = Get(k, nameof(GroupNormBenchmarks.Copy));
+            double bb = Get(k, nameof(GroupNormBenchmarks.BuiltinForwardBackward)), ob = Get(k, nameof(GroupNormBenchmarks.OursForwardBackward));
+            double gb = Get(k, nameof(GroupNormBenchmarks.GenericForwardBackward));
+            if (!double.IsNaN(of / bf)) fwdRatios.Add(of / bf);
+            if (!double.IsNaN(ob / bb)) fbRatios.Add(ob / bb);
+            sb.Append(CultureInfo.InvariantCulture,
+                $"| {k.Case} | {(k.DType == ScalarType.Float64 ? "f64" : "f32")} | {(k.Layout == Layout.Nchw ? "NCHW" : "NHWC")} " +
+                $"| {F(bf)} | {F(of)} | {R(of / bf)} | {R(gf / bf)} | {G(fwdBytes, of)} | {G(fwdBytes, cp)} " +
+                $"| {F(bb)} | {F(ob)} | {R(ob / bb)} | {R(gb / bb)} | {G(fbBytes, ob)} |\n");
+        }
+        if (fwdRatios.Count > 0 && fbRatios.Count > 0)
+        {
+            sb.AppendLine();
+            sb.Append(CultureInfo.InvariantCulture,
+                $"Median ratio to the built-in: forward {R(Median(fwdRatios))}, forward+backward {R(Median(fbRatios))}; " +
+                $"worst: forward {R(fwdRatios.Max())}, forward+backward {R(fbRatios.Max())} ({fwdRatios.Count} configurations).\n");
+        }
+
+        var text = sb.ToString();
+        console.WriteLine();
+        console.WriteLine(text);
+        var dir = Path.Combine(summary.ResultsDirectoryPath, "..");
+        var path = Path.GetFullPath(Path.Combine(dir, "groupnorm-table.md"));
+        File.WriteAllText(path, text);
+        console.WriteLine($"Table written to {path}");
+    }
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.OrderBy(v => v).ToList();
+        int n = sorted.Count;
+        return n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+    }
+
+    private static string F(double ms) => double.IsNaN(ms) ? "–" : ms.ToString(ms < 1 ? "0.000" : "0.00", CultureInfo.InvariantCulture);
+
+    private static string R(double ratio) => double.IsNaN(ratio) ? "–" : ratio.ToString("0.00", CultureInfo.InvariantCulture) + "×";
+
+    private static string G(double bytes, double ms) => double.IsNaN(ms) ? "–" : (bytes / (ms * 1e6)).ToString("0.0", CultureInfo.InvariantCulture);
+}
