@@ -16,14 +16,18 @@ namespace GroupNormalization.Autograd;
 /// </summary>
 internal static class DifferentiableBackward
 {
+    // savedMean (forward's μ) is used only as a constant shift: centring x on it first keeps the recorded
+    // mean and variance exact in float32 when |μ| ≫ σ (x − μ_saved is exact near μ), and the shift
+    // cancels in every derivative.
     public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Compute(
-        Tensor dy, Tensor x, Tensor? weight, GroupNormShape s, double eps, GradientRequest need)
+        Tensor dy, Tensor x, Tensor? weight, Tensor savedMean, GroupNormShape s, double eps, GradientRequest need)
     {
         using var scope = torch.NewDisposeScope();
         var opmath = DeviceGenericKernel.OpMathType(x.dtype);
         var groupDims = new long[] { 2, 3 };
 
-        var xs = x.reshape(s.N, s.G, s.D, s.S).to(opmath);
+        var shift = savedMean.detach().to(opmath).view(s.N, s.G, 1, 1);
+        var xs = x.reshape(s.N, s.G, s.D, s.S).to(opmath) - shift;
         var dys = dy.reshape(s.N, s.G, s.D, s.S).to(opmath);
         var centred = xs - xs.mean(groupDims, keepdim: true);
         var r = (centred.square().mean(groupDims, keepdim: true) + eps).rsqrt();

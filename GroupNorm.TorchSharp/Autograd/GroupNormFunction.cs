@@ -127,7 +127,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
             Tensor? weight = saved[1];
 
             (dx, dweight, dbias) = torch.is_grad_enabled()
-                ? DifferentiableBackward.Compute(gradOutput, x, weight, settings.Shape, settings.Eps, need)
+                ? DifferentiableBackward.Compute(gradOutput, x, weight, mean, settings.Shape, settings.Eps, need)
                 : KernelSelector.Backward(settings.Kernel, gradOutput, x, mean, rstd, weight, settings.Shape, need);
 
             // Hand the results to the caller's scope (or none); everything else made here is released.

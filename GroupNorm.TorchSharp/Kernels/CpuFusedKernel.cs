@@ -2,7 +2,6 @@ using System;
 using System.Buffers;
 using System.Numerics;
 using System.Runtime.InteropServices;
-using System.Threading.Tasks;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -119,15 +118,7 @@ internal static unsafe class CpuFusedKernel
         public (long Start, long End) BlockRange(long block) =>
             (RowLength * block / Blocks, RowLength * (block + 1) / Blocks);
 
-        public void ForEach(long count, Action<long> body)
-        {
-            if (Threads <= 1 || count <= 1)
-            {
-                for (long i = 0; i < count; i++) body(i);
-                return;
-            }
-            Parallel.For(0L, count, new ParallelOptions { MaxDegreeOfParallelism = Threads }, body);
-        }
+        public void ForEach(long count, Action<long> body) => KernelThreads.Run(count, Threads, body);
     }
 
     private static (T Hi, T Lo) SplitMean<T>(double mean) where T : unmanaged
