@@ -132,14 +132,14 @@ internal static unsafe class CpuFusedKernel
     }
 
     /// <summary>Moments of a contiguous span: two passes per segment, segments merged with Chan's update.</summary>
-    private static Moments SpanMoments<T>(T* p, long length) where T : unmanaged
+    private static Moments SpanMoments<T>(T* p, long length) where T : unmanaged, IFloatingPointIeee754<T>
     {
         long segment = SegmentBytes / sizeof(T);
         var total = default(Moments);
         for (long off = 0; off < length; off += segment)
         {
             long n = Math.Min(segment, length - off);
-            double m0 = CpuFusedLoops.Sum(p + off, n) / n;
+            double m0 = CpuFusedLoops.RoughSum(p + off, n) / n;
             var (dev, sq) = CpuFusedLoops.SumDeviations(p + off, n, m0);
             total.Merge(new Moments(n, m0 + dev / n, sq - dev * dev / n));
         }

@@ -69,37 +69,34 @@ internal static unsafe class CpuFusedLoops
         return Unsafe.As<double, T>(ref v);
     }
 
-    // ---- contiguous reductions (double accumulators) ---------------------------------------------
+    // ---- contiguous reductions -----------------------------------------------------------------------
 
-    /// <summary>Σ p[i].</summary>
+    /// <summary>
+    /// Σ p[i] in T's own precision, for the first pass of a two-pass variance: that pass only needs a
+    /// mean close to the true one, because the second pass sums x − m in float64 and corrects m exactly.
+    /// Skipping the widening to float64 makes it about twice as fast.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static double Sum<T>(T* p, long n) where T : unmanaged
+    public static double RoughSum<T>(T* p, long n) where T : unmanaged, IFloatingPointIeee754<T>
     {
         long i = 0;
-        double s = 0;
+        T s = T.Zero;
         if (Vector.IsHardwareAccelerated)
         {
-            int w = BlockWidth;
-            Vector<double> a0 = default, a1 = default, a2 = default, a3 = default;
-            for (; i <= n - 2 * w; i += 2 * w)
+            int w = Vector<T>.Count;
+            Vector<T> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (; i <= n - 4 * w; i += 4 * w)
             {
-                LoadWide(p + i, out var l0, out var h0);
-                LoadWide(p + i + w, out var l1, out var h1);
-                a0 += l0;
-                a1 += h0;
-                a2 += l1;
-                a3 += h1;
+                a0 += Load(p + i);
+                a1 += Load(p + i + w);
+                a2 += Load(p + i + 2 * w);
+                a3 += Load(p + i + 3 * w);
             }
-            for (; i <= n - w; i += w)
-            {
-                LoadWide(p + i, out var l0, out var h0);
-                a0 += l0;
-                a1 += h0;
-            }
-            s = Vector.Sum((a0 + a2) + (a1 + a3));
+            for (; i <= n - w; i += w) a0 += Load(p + i);
+            s = Vector.Sum((a0 + a1) + (a2 + a3));
         }
-        for (; i < n; i++) s += ToDouble(p[i]);
-        return s;
+        for (; i < n; i++) s += p[i];
+        return ToDouble(s);
     }
 
     /// <summary>Σ (p[i] − m) and Σ (p[i] − m)², the second pass of a two-pass variance.</summary>
