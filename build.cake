@@ -57,4 +57,30 @@ Task("Pack")
     });
 });
 
+void RunBenchmarks(string arguments)
+{
+    DotNetRun("./benchmarks/GroupNorm.Benchmarks/GroupNorm.Benchmarks.csproj", new ProcessArgumentBuilder().Append(arguments), new DotNetRunSettings
+    {
+        Configuration = configuration,
+        NoBuild = true,
+        NoRestore = true,
+        MSBuildSettings = Props(),
+    });
+}
+
+// Every benchmark, ours against the built-in; writes BenchmarkDotNet.Artifacts/groupnorm-table.md.
+Task("Bench")
+    .IsDependentOn("Build")
+    .Does(() => RunBenchmarks(Argument("bench-args", "")));
+
+// Each benchmark once on one small shape: proves they all run (CI smoke test).
+Task("BenchQuick")
+    .IsDependentOn("Build")
+    .Does(() => RunBenchmarks("--quick"));
+
+// Peak resident memory of one forward+backward, ours against the built-in.
+Task("BenchMemory")
+    .IsDependentOn("Build")
+    .Does(() => RunBenchmarks("--memory"));
+
 RunTarget(target);
