@@ -158,6 +158,10 @@ internal static unsafe class CpuFusedKernel
 
     private static T* PointerOrNull<T>(Tensor? t) where T : unmanaged => t is null ? null : TensorMemory.Pointer<T>(t);
 
+    /// <summary>Channels-last positions per piece, so that a piece of <paramref name="arrays"/> tensors fits in L1.</summary>
+    private static long PieceRows<T>(long channels, int arrays) where T : unmanaged =>
+        Math.Max(1, SegmentBytes / (arrays * sizeof(T) * channels));
+
     // ---- forward -----------------------------------------------------------------------------------
 
     private sealed class ForwardJob<T> where T : unmanaged, IFloatingPointIeee754<T>
@@ -302,7 +306,7 @@ internal static unsafe class CpuFusedKernel
         {
             long c = _c;
             T* xs = _x + n * _s * c;
-            long pieceRows = Math.Max(1, SegmentBytes / sizeof(T) / c);
+            long pieceRows = PieceRows<T>(c, 1);
             using var scratch = new Scratch(3 * c * sizeof(double));
             double* acc = (double*)scratch.Pointer, dev = acc + c, sq = dev + c;
 
@@ -312,7 +316,7 @@ internal static unsafe class CpuFusedKernel
                 double count = rows * _d;
 
                 new Span<double>(acc, (int)c).Clear();
-                for (long p = q; p < q + rows; p++) CpuFusedLoops.AccumulateRow(xs + p * c, acc, c);
+                CpuFusedLoops.AccumulateColumns(xs + q * c, rows, c, acc);
                 // acc becomes the per-channel copy of its group's piece mean.
                 for (long g = 0; g < _g; g++)
                 {
@@ -323,7 +327,7 @@ internal static unsafe class CpuFusedKernel
                 }
 
                 new Span<double>(dev, (int)(2 * c)).Clear();
-                for (long p = q; p < q + rows; p++) CpuFusedLoops.AccumulateDeviationsRow(xs + p * c, acc, dev, sq, c);
+                CpuFusedLoops.AccumulateColumnDeviations(xs + q * c, rows, c, acc, dev, sq);
                 for (long g = 0; g < _g; g++)
                 {
                     double sd = 0, ssq = 0;
@@ -350,8 +354,9 @@ internal static unsafe class CpuFusedKernel
                 scale[j] = CpuFusedLoops.FromDouble<T>(_w == null ? _rstd[ng] : _rstd[ng] * CpuFusedLoops.ToDouble(_w[j]));
                 shift[j] = _b == null ? T.Zero : _b[j];
             }
-            for (long p = p0; p < p1; p++)
-                CpuFusedLoops.NormalizeRow(xs + p * c, ys + p * c, hi, lo, scale, shift, c);
+            long pieceRows = PieceRows<T>(c, 2);
+            for (long q = p0; q < p1; q += pieceRows)
+                CpuFusedLoops.NormalizeColumns(xs + q * c, ys + q * c, Math.Min(pieceRows, p1 - q), c, hi, lo, scale, shift);
         }
     }
 
@@ -538,8 +543,9 @@ internal static unsafe class CpuFusedKernel
             double* meanPerChannel = (double*)scratch.Pointer;
             for (long j = 0; j < c; j++) meanPerChannel[j] = _mean[n * _g + j / _d];
             T* xs = _x + n * _s * c, gs = _dy + n * _s * c;
-            for (long p = p0; p < p1; p++)
-                CpuFusedLoops.AccumulateGradientRow(xs + p * c, gs + p * c, meanPerChannel, a, b, c);
+            long pieceRows = PieceRows<T>(c, 2);
+            for (long q = p0; q < p1; q += pieceRows)
+                CpuFusedLoops.AccumulateGradientColumns(xs + q * c, gs + q * c, Math.Min(pieceRows, p1 - q), c, meanPerChannel, a, b);
         }
 
         private void SampleInputGradient(long n, long p0, long p1)
@@ -568,8 +574,9 @@ internal static unsafe class CpuFusedKernel
                 }
             }
             T* xs = _x + n * _s * c, gs = _dy + n * _s * c, ds = _dx + n * _s * c;
-            for (long p = p0; p < p1; p++)
-                CpuFusedLoops.InputGradientRow(xs + p * c, gs + p * c, ds + p * c, hi, lo, a, b, k, c);
+            long pieceRows = PieceRows<T>(c, 3);
+            for (long q = p0; q < p1; q += pieceRows)
+                CpuFusedLoops.InputGradientColumns(xs + q * c, gs + q * c, ds + q * c, Math.Min(pieceRows, p1 - q), c, hi, lo, a, b, k);
         }
     }
 }

@@ -13,8 +13,8 @@ namespace GroupNormalization.Kernels;
 /// Element-wise loops run in T with per-channel coefficients prepared in double.
 /// </para>
 /// <para>
-/// Contiguous loops: a span of one channel plane (channels-first). Row loops: one spatial position of a
-/// channels-last tensor, C contiguous channels, with per-channel coefficient arrays.
+/// Contiguous loops: a span of one channel plane (channels-first). Piece loops: a block of spatial
+/// positions of a channels-last tensor, each holding C contiguous channels, with per-channel coefficients.
 /// </para>
 /// </summary>
 internal static unsafe class CpuFusedLoops
@@ -255,109 +255,194 @@ internal static unsafe class CpuFusedLoops
         for (; i < n; i++) dx[i] = a * dy[i] + (b * ((x[i] - muHi) - muLo) + k);
     }
 
-    // ---- channels-last row loops: one spatial position, C contiguous channels ---------------------
+    // ---- channels-last piece loops: `rows` spatial positions × C contiguous channels ----------------
+    // Each loop walks one block of channels down all rows of an L1-sized piece, so accumulators and
+    // per-channel coefficients stay in registers instead of being reloaded for every position.
 
-    /// <summary>acc[c] += x[c].</summary>
+    /// <summary>sum[j] += Σ_r x[r·C + j] for every channel j.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void AccumulateRow<T>(T* x, double* acc, long c) where T : unmanaged
+    public static void AccumulateColumns<T>(T* x, long rows, long c, double* sum) where T : unmanaged
     {
-        long i = 0;
+        long j = 0;
         if (Vector.IsHardwareAccelerated)
         {
             int w = BlockWidth, h = Vector<double>.Count;
-            for (; i <= c - w; i += w)
+            for (; j <= c - w; j += w)
             {
-                LoadWide(x + i, out var lo, out var hi);
-                StoreDouble(acc + i, LoadDouble(acc + i) + lo);
-                StoreDouble(acc + i + h, LoadDouble(acc + i + h) + hi);
+                Vector<double> l0 = default, h0 = default, l1 = default, h1 = default;
+                T* p = x + j;
+                long r = 0;
+                for (; r + 1 < rows; r += 2)
+                {
+                    LoadWide(p + r * c, out var la, out var ha);
+                    LoadWide(p + (r + 1) * c, out var lb, out var hb);
+                    l0 += la;
+                    h0 += ha;
+                    l1 += lb;
+                    h1 += hb;
+                }
+                if (r < rows)
+                {
+                    LoadWide(p + r * c, out var la, out var ha);
+                    l0 += la;
+                    h0 += ha;
+                }
+                StoreDouble(sum + j, LoadDouble(sum + j) + (l0 + l1));
+                StoreDouble(sum + j + h, LoadDouble(sum + j + h) + (h0 + h1));
             }
         }
-        for (; i < c; i++) acc[i] += ToDouble(x[i]);
+        for (; j < c; j++)
+        {
+            double acc = 0;
+            for (long r = 0; r < rows; r++) acc += ToDouble(x[r * c + j]);
+            sum[j] += acc;
+        }
     }
 
-    /// <summary>dev[c] += x[c] − m[c]; sq[c] += (x[c] − m[c])².</summary>
+    /// <summary>dev[j] += Σ_r (x − m[j]); sq[j] += Σ_r (x − m[j])², per channel j.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void AccumulateDeviationsRow<T>(T* x, double* m, double* dev, double* sq, long c) where T : unmanaged
+    public static void AccumulateColumnDeviations<T>(T* x, long rows, long c, double* m, double* dev, double* sq) where T : unmanaged
     {
-        long i = 0;
+        long j = 0;
         if (Vector.IsHardwareAccelerated)
         {
             int w = BlockWidth, h = Vector<double>.Count;
-            for (; i <= c - w; i += w)
+            for (; j <= c - w; j += w)
             {
-                LoadWide(x + i, out var lo, out var hi);
-                lo -= LoadDouble(m + i);
-                hi -= LoadDouble(m + i + h);
-                StoreDouble(dev + i, LoadDouble(dev + i) + lo);
-                StoreDouble(dev + i + h, LoadDouble(dev + i + h) + hi);
-                StoreDouble(sq + i, LoadDouble(sq + i) + lo * lo);
-                StoreDouble(sq + i + h, LoadDouble(sq + i + h) + hi * hi);
+                var ml = LoadDouble(m + j);
+                var mh = LoadDouble(m + j + h);
+                Vector<double> sl = default, sh = default, ql = default, qh = default;
+                T* p = x + j;
+                for (long r = 0; r < rows; r++)
+                {
+                    LoadWide(p + r * c, out var lo, out var hi);
+                    lo -= ml;
+                    hi -= mh;
+                    sl += lo;
+                    sh += hi;
+                    ql += lo * lo;
+                    qh += hi * hi;
+                }
+                StoreDouble(dev + j, LoadDouble(dev + j) + sl);
+                StoreDouble(dev + j + h, LoadDouble(dev + j + h) + sh);
+                StoreDouble(sq + j, LoadDouble(sq + j) + ql);
+                StoreDouble(sq + j + h, LoadDouble(sq + j + h) + qh);
             }
         }
-        for (; i < c; i++)
+        for (; j < c; j++)
         {
-            double d = ToDouble(x[i]) - m[i];
-            dev[i] += d;
-            sq[i] += d * d;
+            double sd = 0, sqd = 0;
+            for (long r = 0; r < rows; r++)
+            {
+                double d = ToDouble(x[r * c + j]) - m[j];
+                sd += d;
+                sqd += d * d;
+            }
+            dev[j] += sd;
+            sq[j] += sqd;
         }
     }
 
-    /// <summary>sumA[c] += dy[c]; sumB[c] += dy[c]·(x[c] − m[c]).</summary>
+    /// <summary>sumA[j] += Σ_r dy; sumB[j] += Σ_r dy·(x − m[j]), per channel j.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void AccumulateGradientRow<T>(T* x, T* dy, double* m, double* sumA, double* sumB, long c) where T : unmanaged
+    public static void AccumulateGradientColumns<T>(T* x, T* dy, long rows, long c, double* m, double* sumA, double* sumB) where T : unmanaged
     {
-        long i = 0;
+        long j = 0;
         if (Vector.IsHardwareAccelerated)
         {
             int w = BlockWidth, h = Vector<double>.Count;
-            for (; i <= c - w; i += w)
+            for (; j <= c - w; j += w)
             {
-                LoadWide(x + i, out var xl, out var xh);
-                LoadWide(dy + i, out var gl, out var gh);
-                StoreDouble(sumA + i, LoadDouble(sumA + i) + gl);
-                StoreDouble(sumA + i + h, LoadDouble(sumA + i + h) + gh);
-                StoreDouble(sumB + i, LoadDouble(sumB + i) + gl * (xl - LoadDouble(m + i)));
-                StoreDouble(sumB + i + h, LoadDouble(sumB + i + h) + gh * (xh - LoadDouble(m + i + h)));
+                var ml = LoadDouble(m + j);
+                var mh = LoadDouble(m + j + h);
+                Vector<double> al = default, ah = default, bl = default, bh = default;
+                T* px = x + j;
+                T* pg = dy + j;
+                for (long r = 0; r < rows; r++)
+                {
+                    LoadWide(px + r * c, out var xl, out var xh);
+                    LoadWide(pg + r * c, out var gl, out var gh);
+                    al += gl;
+                    ah += gh;
+                    bl += gl * (xl - ml);
+                    bh += gh * (xh - mh);
+                }
+                StoreDouble(sumA + j, LoadDouble(sumA + j) + al);
+                StoreDouble(sumA + j + h, LoadDouble(sumA + j + h) + ah);
+                StoreDouble(sumB + j, LoadDouble(sumB + j) + bl);
+                StoreDouble(sumB + j + h, LoadDouble(sumB + j + h) + bh);
             }
         }
-        for (; i < c; i++)
+        for (; j < c; j++)
         {
-            double g = ToDouble(dy[i]);
-            sumA[i] += g;
-            sumB[i] += g * (ToDouble(x[i]) - m[i]);
+            double a = 0, b = 0;
+            for (long r = 0; r < rows; r++)
+            {
+                double g = ToDouble(dy[r * c + j]);
+                a += g;
+                b += g * (ToDouble(x[r * c + j]) - m[j]);
+            }
+            sumA[j] += a;
+            sumB[j] += b;
         }
     }
 
-    /// <summary>y[c] = ((x[c] − μhi[c]) − μlo[c])·scale[c] + shift[c].</summary>
+    /// <summary>y = ((x − μhi[j]) − μlo[j])·scale[j] + shift[j] for every row and channel j.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void NormalizeRow<T>(T* x, T* y, T* muHi, T* muLo, T* scale, T* shift, long c)
+    public static void NormalizeColumns<T>(T* x, T* y, long rows, long c, T* muHi, T* muLo, T* scale, T* shift)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
-        long i = 0;
+        long j = 0;
         if (Vector.IsHardwareAccelerated)
         {
             int w = Vector<T>.Count;
-            for (; i <= c - w; i += w)
-                Store(y + i, ((Load(x + i) - Load(muHi + i)) - Load(muLo + i)) * Load(scale + i) + Load(shift + i));
+            for (; j <= c - w; j += w)
+            {
+                var vh = Load(muHi + j);
+                var vl = Load(muLo + j);
+                var vs = Load(scale + j);
+                var vb = Load(shift + j);
+                for (long r = 0; r < rows; r++)
+                    Store(y + r * c + j, ((Load(x + r * c + j) - vh) - vl) * vs + vb);
+            }
         }
-        for (; i < c; i++) y[i] = ((x[i] - muHi[i]) - muLo[i]) * scale[i] + shift[i];
+        for (; j < c; j++)
+        {
+            for (long r = 0; r < rows; r++)
+                y[r * c + j] = ((x[r * c + j] - muHi[j]) - muLo[j]) * scale[j] + shift[j];
+        }
     }
 
-    /// <summary>dx[c] = a[c]·dy[c] + b[c]·((x[c] − μhi[c]) − μlo[c]) + k[c].</summary>
+    /// <summary>dx = a[j]·dy + b[j]·((x − μhi[j]) − μlo[j]) + k[j] for every row and channel j.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void InputGradientRow<T>(T* x, T* dy, T* dx, T* muHi, T* muLo, T* a, T* b, T* k, long c)
+    public static void InputGradientColumns<T>(T* x, T* dy, T* dx, long rows, long c, T* muHi, T* muLo, T* a, T* b, T* k)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
-        long i = 0;
+        long j = 0;
         if (Vector.IsHardwareAccelerated)
         {
             int w = Vector<T>.Count;
-            for (; i <= c - w; i += w)
+            for (; j <= c - w; j += w)
             {
-                var d = (Load(x + i) - Load(muHi + i)) - Load(muLo + i);
-                Store(dx + i, Load(a + i) * Load(dy + i) + (Load(b + i) * d + Load(k + i)));
+                var vh = Load(muHi + j);
+                var vl = Load(muLo + j);
+                var va = Load(a + j);
+                var vb = Load(b + j);
+                var vk = Load(k + j);
+                for (long r = 0; r < rows; r++)
+                {
+                    long at = r * c + j;
+                    Store(dx + at, va * Load(dy + at) + (vb * ((Load(x + at) - vh) - vl) + vk));
+                }
             }
         }
-        for (; i < c; i++) dx[i] = a[i] * dy[i] + (b[i] * ((x[i] - muHi[i]) - muLo[i]) + k[i]);
+        for (; j < c; j++)
+        {
+            for (long r = 0; r < rows; r++)
+            {
+                long at = r * c + j;
+                dx[at] = a[j] * dy[at] + (b[j] * ((x[at] - muHi[j]) - muLo[j]) + k[j]);
+            }
+        }
     }
 }
