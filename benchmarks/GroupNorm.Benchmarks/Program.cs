@@ -29,7 +29,7 @@ public static class Program
         if (!rest.Contains("--filter")) rest.AddRange(AllBenchmarks);
 
         // In-process: the tensors' native library is loaded once, and no per-benchmark project is built.
-        var job = (Quick ? Job.Dry : Job.Default.WithWarmupCount(3).WithIterationCount(10).WithLaunchCount(1))
+        var job = (Quick ? Job.Dry : Job.Default.WithWarmupCount(3).WithIterationCount(10).WithIterationTime(Perfolizer.Horology.TimeInterval.FromMilliseconds(200)).WithLaunchCount(1))
             .WithToolchain(InProcessEmitToolchain.Instance)
             .AsDefault();
         var config = DefaultConfig.Instance.AddJob(job).WithOptions(ConfigOptions.JoinSummary);
