@@ -1,5 +1,5 @@
-using static TorchSharp.torch;
 using GroupNormalization;
+using static TorchSharp.torch;
 
 // Outside GroupNormalization on purpose, with exactly the two usings a TorchSharp user writes: if
 // GroupNorm were ambiguous with anything `using static TorchSharp.torch` brings in, this file would not
