@@ -146,6 +146,40 @@ public sealed class GradientCheckTests
         });
     }
 
+    /// <summary>
+    /// Double backward without weight (γ = 1 implicitly) and with weight but no bias, against libtorch's
+    /// own (given an explicit all-ones weight where it would have none, see <see cref="Oracle.Native"/>).
+    /// </summary>
+    [Test]
+    public void DoubleBackwardWithoutBiasMatchesNative([Values] KernelPath path, [Values] bool withWeight)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(23);
+        var shape = new long[] { 2, 6, 3, 2 };
+        var x = torch.randn(shape, ScalarType.Float64);
+        var u = torch.randn(shape, ScalarType.Float64);
+        var v = torch.randn(shape, ScalarType.Float64);
+        var w = withWeight ? torch.rand(6, ScalarType.Float64) + 0.5 : null;
+
+        Tensor Ours()
+        {
+            using var forced = Force(path);
+            return SecondOrderX(xi => Functional.group_norm(xi, 3, w, null, Eps), x, u, v);
+        }
+        var native = SecondOrderX(xi => torch.nn.functional.group_norm(xi, 3, w ?? torch.ones(6, ScalarType.Float64), null, Eps), x, u, v);
+
+        double error = TestTensors.RelativeError(Ours(), native);
+        TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"d²/dx² vs libtorch: {error:E2}"));
+        Assert.That(error, Is.LessThanOrEqualTo(ParityCheck.Float64Tolerance));
+    }
+
+    private static Tensor SecondOrderX(Func<Tensor, Tensor> groupNorm, Tensor x, Tensor u, Tensor v)
+    {
+        var xl = x.detach().requires_grad_();
+        var dx = torch.autograd.grad(new[] { (groupNorm(xl) * u).sum() }, new[] { xl }, create_graph: true, retain_graph: true)[0];
+        return torch.autograd.grad(new[] { (dx * v).sum() }, new[] { xl })[0];
+    }
+
     private static Tensor[] SecondOrder(Func<Tensor, Tensor, Tensor, Tensor> groupNorm, Tensor x, Tensor w, Tensor b, Tensor u, Tensor v)
     {
         var xl = x.detach().requires_grad_();

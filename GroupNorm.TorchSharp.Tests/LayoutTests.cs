@@ -59,4 +59,48 @@ public sealed class LayoutTests
             Assert.That(result.Y.shape, Is.EqualTo(shape));
         });
     }
+
+    /// <summary>The incoming gradient need not share x's layout (it comes from whatever op follows).</summary>
+    [Test]
+    public void GradientInAnotherLayoutThanTheInput(
+        [Values] KernelPath path,
+        [Values(ScalarType.Float32, ScalarType.Float64)] ScalarType dtype,
+        [Values(Layout.Contiguous, Layout.ChannelsLast)] Layout xLayout,
+        [Values(Layout.ChannelsLast, Layout.Transposed)] Layout dyLayout)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(83);
+        var shape = new long[] { 2, 6, 5, 7 };
+        var x = TestTensors.Input(shape, xLayout, dtype, torch.CPU);
+        var dy = TestTensors.Input(shape, dyLayout, dtype, torch.CPU);
+        var (w, b) = TestTensors.Parameters(Affine.Both, 6, dtype, torch.CPU);
+        var expected = Oracle.Native(x, 3, w, b, 1e-5, dy);
+        var actual = Oracle.Ours(path, x, 3, w, b, 1e-5, dy);
+        double tolerance = dtype == ScalarType.Float64 ? ParityCheck.Float64Tolerance : ParityCheck.Float32Tolerance;
+        ParityCheck.AssertClose(actual, expected, tolerance, "CPU", path, dtype);
+        if (xLayout == Layout.ChannelsLast)
+            Assert.That(TestTensors.IsChannelsLast(actual.Dx!), Is.True, "dx follows x, not dy");
+    }
+
+    /// <summary>
+    /// The sweep's two paths must really be two kernels: the default picks the fused one for CPU
+    /// float32/float64 in any layout, the generic one for half types, and the force overrides it.
+    /// </summary>
+    [Test]
+    public void KernelSelectionFollowsDtypeAndForce(
+        [Values(ScalarType.Float32, ScalarType.Float64, ScalarType.Float16, ScalarType.BFloat16)] ScalarType dtype,
+        [Values(Layout.Contiguous, Layout.ChannelsLast, Layout.Sliced)] Layout layout)
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = TestTensors.Input(new long[] { 2, 6, 4, 4 }, layout, dtype, torch.CPU);
+        var expected = dtype is ScalarType.Float32 or ScalarType.Float64 ? KernelKind.CpuFused : KernelKind.DeviceGeneric;
+        Assert.That(KernelSelector.Select(x), Is.EqualTo(expected));
+        using (KernelSelector.Force(KernelKind.DeviceGeneric))
+            Assert.That(KernelSelector.Select(x), Is.EqualTo(KernelKind.DeviceGeneric));
+        Assert.That(KernelSelector.Select(x), Is.EqualTo(expected), "the force must end with its scope");
+    }
+
+    [Test]
+    public void OnlyTheGenericKernelCanBeForced() =>
+        Assert.That(() => KernelSelector.Force(KernelKind.CpuFused), Throws.ArgumentException);
 }
