@@ -1,0 +1,215 @@
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+using System.Linq;
+using GroupNormalization.Kernels;
+using GroupNormalization.Tests.Parity;
+using NUnit.Framework;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GroupNormalization.Tests;
+
+/// <summary>
+/// Our analytic derivatives against central finite differences in float64: the full Jacobian of y with
+/// respect to x, weight and bias, and for double backward the derivative of (dx·v).sum() with respect to
+/// x and weight, which is also checked against libtorch's own double backward.
+/// </summary>
+[TestFixture]
+public sealed class GradientCheckTests
+{
+    private const double Eps = 1e-5;
+
+    // Central differences: truncation ~h²·|f'''| ≈ 1e-12 and rounding ~2^-53·|f|/h ≈ 1e-10 for values of
+    // order 1, so 1e-7 of the Jacobian's scale catches any wrong term while ignoring both.
+    private const double Step = 1e-6;
+    private const double FiniteDifferenceTolerance = 1e-7;
+
+    // Second derivatives by differencing first derivatives: the same argument, one derivative higher
+    // (values grow with r³ ≈ 1 to 10 on these inputs).
+    private const double SecondOrderTolerance = 1e-6;
+
+    public static IEnumerable<TestCaseData> Cases()
+    {
+        var cases = new (long[] Shape, long Groups)[]
+        {
+            (new long[] { 2, 4, 3 }, 2),
+            (new long[] { 1, 6, 2, 2 }, 3),
+            (new long[] { 2, 3, 2, 1, 2 }, 1),
+            (new long[] { 3, 4 }, 2),
+            (new long[] { 2, 4, 3, 2 }, 4),
+        };
+        foreach (var path in new[] { KernelPath.Default, KernelPath.Generic })
+            foreach (var (shape, groups) in cases)
+                yield return new TestCaseData(shape, groups, path).SetArgDisplayNames($"{path}_{string.Join("x", shape)}_g{groups}");
+    }
+
+    [TestCaseSource(nameof(Cases))]
+    public void JacobianMatchesFiniteDifferences(long[] shape, long groups, KernelPath path)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(21);
+        var (x, w, b) = Inputs(shape);
+        long ny = x.numel();
+
+        // Row j of the Jacobian: the gradient of y[j] (a vector-Jacobian product with a one-hot vector).
+        var analytic = torch.zeros(ny, ny + 2 * shape[1], ScalarType.Float64);
+        using (Force(path))
+        {
+            var xl = x.detach().requires_grad_();
+            var wl = w.detach().requires_grad_();
+            var bl = b.detach().requires_grad_();
+            var y = Functional.group_norm(xl, groups, wl, bl, Eps);
+            var basis = torch.eye(ny, dtype: ScalarType.Float64);
+            for (long j = 0; j < ny; j++)
+            {
+                var g = torch.autograd.grad(new[] { y }, new[] { xl, wl, bl }, new[] { basis[j].reshape(shape) }, retain_graph: true);
+                analytic[j] = torch.cat(g.Select(t => t.flatten()).ToList(), 0);
+            }
+        }
+
+        // Column i: central difference of y along input i.
+        var numeric = torch.zeros(ny, ny + 2 * shape[1], ScalarType.Float64);
+        using (torch.no_grad())
+        using (Force(path))
+        {
+            var flat = torch.cat(new[] { x.flatten(), w, b }, 0);
+            var unit = torch.eye(flat.numel(), dtype: ScalarType.Float64);
+            for (long i = 0; i < flat.numel(); i++)
+            {
+                var plus = Evaluate(flat + Step * unit[i], shape, groups);
+                var minus = Evaluate(flat - Step * unit[i], shape, groups);
+                numeric[.., i] = ((plus - minus) / (2 * Step)).flatten();
+            }
+        }
+
+        double error = ScaledError(analytic, numeric);
+        TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"Jacobian: max|analytic − numeric| / max(1, max|J|) = {error:E2}"));
+        Assert.That(error, Is.LessThanOrEqualTo(FiniteDifferenceTolerance));
+    }
+
+    /// <summary>
+    /// s = (dx·v).sum() with dx = ∂(y·u).sum()/∂x taken with create_graph; ∂s/∂x and ∂s/∂weight must match
+    /// central differences of s and libtorch's double backward of the same expression.
+    /// </summary>
+    [TestCaseSource(nameof(Cases))]
+    public void DoubleBackwardMatchesFiniteDifferencesAndNative(long[] shape, long groups, KernelPath path)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(22);
+        var (x, w, b) = Inputs(shape);
+        var u = torch.randn(shape, ScalarType.Float64);
+        var v = torch.randn(shape, ScalarType.Float64);
+
+        Tensor[] ours;
+        using (Force(path))
+            ours = SecondOrder((xi, wi, bi) => Functional.group_norm(xi, groups, wi, bi, Eps), x, w, b, u, v);
+        var native = SecondOrder((xi, wi, bi) => torch.nn.functional.group_norm(xi, groups, wi, bi, Eps), x, w, b, u, v);
+
+        // s as a plain number, for differencing: first-order gradient only, no graph kept.
+        double S(Tensor xi, Tensor wi)
+        {
+            using var inner = torch.NewDisposeScope();
+            using var forced = Force(path);
+            var xl = xi.detach().requires_grad_();
+            var y = Functional.group_norm(xl, groups, wi, b, Eps);
+            var dx = torch.autograd.grad(new[] { (y * u).sum() }, new[] { xl })[0];
+            return (dx * v).sum().item<double>();
+        }
+
+        var numericX = torch.zeros(x.numel(), ScalarType.Float64);
+        var unitX = torch.eye(x.numel(), dtype: ScalarType.Float64);
+        for (long i = 0; i < x.numel(); i++)
+        {
+            var e = Step * unitX[i].reshape(shape);
+            numericX[i] = (S(x + e, w) - S(x - e, w)) / (2 * Step);
+        }
+        var numericW = torch.zeros(w.numel(), ScalarType.Float64);
+        var unitW = torch.eye(w.numel(), dtype: ScalarType.Float64);
+        for (long i = 0; i < w.numel(); i++)
+        {
+            var e = Step * unitW[i];
+            numericW[i] = (S(x, w + e) - S(x, w - e)) / (2 * Step);
+        }
+
+        double fdX = ScaledError(ours[0].flatten(), numericX), fdW = ScaledError(ours[1], numericW);
+        double nativeX = TestTensors.RelativeError(ours[0], native[0]), nativeW = TestTensors.RelativeError(ours[1], native[1]);
+        TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"d²: vs finite differences x={fdX:E2} w={fdW:E2}; vs libtorch x={nativeX:E2} w={nativeW:E2}"));
+        Assert.Multiple(() =>
+        {
+            Assert.That(fdX, Is.LessThanOrEqualTo(SecondOrderTolerance), "∂s/∂x vs finite differences");
+            Assert.That(fdW, Is.LessThanOrEqualTo(SecondOrderTolerance), "∂s/∂weight vs finite differences");
+            // Two float64 evaluations of the same formula: ~1e-15 apart, as in the parity suite.
+            Assert.That(nativeX, Is.LessThanOrEqualTo(ParityCheck.Float64Tolerance), "∂s/∂x vs libtorch");
+            Assert.That(nativeW, Is.LessThanOrEqualTo(ParityCheck.Float64Tolerance), "∂s/∂weight vs libtorch");
+        });
+    }
+
+    /// <summary>
+    /// Double backward without weight (γ = 1 implicitly) and with weight but no bias, against libtorch's
+    /// own (given an explicit all-ones weight where it would have none, see <see cref="Oracle.Native"/>).
+    /// </summary>
+    [Test]
+    public void DoubleBackwardWithoutBiasMatchesNative([Values] KernelPath path, [Values] bool withWeight)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(23);
+        var shape = new long[] { 2, 6, 3, 2 };
+        var x = torch.randn(shape, ScalarType.Float64);
+        var u = torch.randn(shape, ScalarType.Float64);
+        var v = torch.randn(shape, ScalarType.Float64);
+        var w = withWeight ? torch.rand(6, ScalarType.Float64) + 0.5 : null;
+
+        Tensor Ours()
+        {
+            using var forced = Force(path);
+            return SecondOrderX(xi => Functional.group_norm(xi, 3, w, null, Eps), x, u, v);
+        }
+        var native = SecondOrderX(xi => torch.nn.functional.group_norm(xi, 3, w ?? torch.ones(6, ScalarType.Float64), null, Eps), x, u, v);
+
+        double error = TestTensors.RelativeError(Ours(), native);
+        TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"d²/dx² vs libtorch: {error:E2}"));
+        Assert.That(error, Is.LessThanOrEqualTo(ParityCheck.Float64Tolerance));
+    }
+
+    private static Tensor SecondOrderX(Func<Tensor, Tensor> groupNorm, Tensor x, Tensor u, Tensor v)
+    {
+        var xl = x.detach().requires_grad_();
+        var dx = torch.autograd.grad(new[] { (groupNorm(xl) * u).sum() }, new[] { xl }, create_graph: true, retain_graph: true)[0];
+        return torch.autograd.grad(new[] { (dx * v).sum() }, new[] { xl })[0];
+    }
+
+    private static Tensor[] SecondOrder(Func<Tensor, Tensor, Tensor, Tensor> groupNorm, Tensor x, Tensor w, Tensor b, Tensor u, Tensor v)
+    {
+        var xl = x.detach().requires_grad_();
+        var wl = w.detach().requires_grad_();
+        var y = groupNorm(xl, wl, b);
+        // TorchSharp does not imply retain_graph from create_graph, as PyTorch does.
+        var dx = torch.autograd.grad(new[] { (y * u).sum() }, new[] { xl }, create_graph: true, retain_graph: true)[0];
+        var s = (dx * v).sum();
+        return torch.autograd.grad(new[] { s }, new[] { xl, wl }).ToArray();
+    }
+
+    private static Tensor Evaluate(Tensor flat, long[] shape, long groups)
+    {
+        long nx = shape.Aggregate(1L, (a, d) => a * d), c = shape[1];
+        return Functional.group_norm(flat[..(int)nx].reshape(shape), groups, flat[(int)nx..(int)(nx + c)], flat[(int)(nx + c)..], Eps);
+    }
+
+    /// <summary>Weight and bias away from 1 and 0, so that their terms in the derivatives are exercised.</summary>
+    private static (Tensor X, Tensor W, Tensor B) Inputs(long[] shape) =>
+        (torch.randn(shape, ScalarType.Float64),
+         torch.rand(shape[1], ScalarType.Float64) + 0.5,
+         torch.randn(shape[1], ScalarType.Float64));
+
+    private static IDisposable? Force(KernelPath path) =>
+        path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null;
+
+    private static double ScaledError(Tensor analytic, Tensor numeric)
+    {
+        using var diff = (analytic - numeric).abs().max();
+        using var scale = analytic.abs().max();
+        return diff.item<double>() / Math.Max(1.0, scale.item<double>());
+    }
+}

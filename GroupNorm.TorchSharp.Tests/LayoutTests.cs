@@ -1,0 +1,106 @@
+using GroupNormalization.Kernels;
+using GroupNormalization.Tests.Parity;
+using NUnit.Framework;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GroupNormalization.Tests;
+
+/// <summary>
+/// Outputs and gradients keep the input's memory format, dtype and device, on both kernel families,
+/// including the no-grad (inference) route that skips the autograd node.
+/// </summary>
+[TestFixture]
+public sealed class LayoutTests
+{
+    [Test]
+    public void ChannelsLastInputGivesChannelsLastOutputAndGradient(
+        [Values] KernelPath path,
+        [Values(ScalarType.Float32, ScalarType.Float64, ScalarType.BFloat16)] ScalarType dtype,
+        [Values(4, 5)] int rank)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(81);
+        var shape = rank == 4 ? new long[] { 2, 6, 5, 7 } : new long[] { 2, 6, 3, 4, 5 };
+        var x = TestTensors.Input(shape, Layout.ChannelsLast, dtype, torch.CPU);
+        Assume.That(TestTensors.IsChannelsLast(x) && !x.is_contiguous(), Is.True);
+        var (w, b) = TestTensors.Parameters(Affine.Both, 6, dtype, torch.CPU);
+
+        var result = Oracle.Ours(path, x, 3, w, b, 1e-5, torch.randn(shape, dtype));
+        Tensor inference;
+        using (torch.no_grad())
+        using (path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
+            inference = Functional.group_norm(x, 3, w, b);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(TestTensors.IsChannelsLast(result.Y), Is.True, "y");
+            Assert.That(TestTensors.IsChannelsLast(result.Dx!), Is.True, "dx");
+            Assert.That(TestTensors.IsChannelsLast(inference), Is.True, "y under no_grad");
+            Assert.That(result.Y.dtype, Is.EqualTo(dtype));
+            Assert.That(result.Dx!.dtype, Is.EqualTo(dtype));
+            Assert.That(result.Dweight!.dtype, Is.EqualTo(dtype));
+            Assert.That(result.Y.device_type, Is.EqualTo(DeviceType.CPU));
+        });
+    }
+
+    [Test]
+    public void ContiguousInputGivesContiguousOutputAndGradient([Values] KernelPath path, [Values(2, 3, 4, 5)] int rank)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(82);
+        var shape = new long[] { 2, 6, 3, 4, 5 }[..rank];
+        var x = torch.randn(shape);
+        var result = Oracle.Ours(path, x, 2, null, null, 1e-5, torch.randn(shape));
+        Assert.Multiple(() =>
+        {
+            Assert.That(result.Y.is_contiguous(), Is.True, "y");
+            Assert.That(result.Dx!.is_contiguous(), Is.True, "dx");
+            Assert.That(result.Y.shape, Is.EqualTo(shape));
+        });
+    }
+
+    /// <summary>The incoming gradient need not share x's layout (it comes from whatever op follows).</summary>
+    [Test]
+    public void GradientInAnotherLayoutThanTheInput(
+        [Values] KernelPath path,
+        [Values(ScalarType.Float32, ScalarType.Float64)] ScalarType dtype,
+        [Values(Layout.Contiguous, Layout.ChannelsLast)] Layout xLayout,
+        [Values(Layout.ChannelsLast, Layout.Transposed)] Layout dyLayout)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(83);
+        var shape = new long[] { 2, 6, 5, 7 };
+        var x = TestTensors.Input(shape, xLayout, dtype, torch.CPU);
+        var dy = TestTensors.Input(shape, dyLayout, dtype, torch.CPU);
+        var (w, b) = TestTensors.Parameters(Affine.Both, 6, dtype, torch.CPU);
+        var expected = Oracle.Native(x, 3, w, b, 1e-5, dy);
+        var actual = Oracle.Ours(path, x, 3, w, b, 1e-5, dy);
+        double tolerance = dtype == ScalarType.Float64 ? ParityCheck.Float64Tolerance : ParityCheck.Float32Tolerance;
+        ParityCheck.AssertClose(actual, expected, tolerance, "CPU", path, dtype);
+        if (xLayout == Layout.ChannelsLast)
+            Assert.That(TestTensors.IsChannelsLast(actual.Dx!), Is.True, "dx follows x, not dy");
+    }
+
+    /// <summary>
+    /// The sweep's two paths must really be two kernels: the default picks the fused one for CPU
+    /// float32/float64 in any layout, the generic one for half types, and the force overrides it.
+    /// </summary>
+    [Test]
+    public void KernelSelectionFollowsDtypeAndForce(
+        [Values(ScalarType.Float32, ScalarType.Float64, ScalarType.Float16, ScalarType.BFloat16)] ScalarType dtype,
+        [Values(Layout.Contiguous, Layout.ChannelsLast, Layout.Sliced)] Layout layout)
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = TestTensors.Input(new long[] { 2, 6, 4, 4 }, layout, dtype, torch.CPU);
+        var expected = dtype is ScalarType.Float32 or ScalarType.Float64 ? KernelKind.CpuFused : KernelKind.DeviceGeneric;
+        Assert.That(KernelSelector.Select(x), Is.EqualTo(expected));
+        using (KernelSelector.Force(KernelKind.DeviceGeneric))
+            Assert.That(KernelSelector.Select(x), Is.EqualTo(KernelKind.DeviceGeneric));
+        Assert.That(KernelSelector.Select(x), Is.EqualTo(expected), "the force must end with its scope");
+    }
+
+    [Test]
+    public void OnlyTheGenericKernelCanBeForced() =>
+        Assert.That(() => KernelSelector.Force(KernelKind.CpuFused), Throws.ArgumentException);
+}

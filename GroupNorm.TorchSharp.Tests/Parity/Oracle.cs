@@ -1,0 +1,190 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using GroupNormalization.Kernels;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GroupNormalization.Tests.Parity;
+
+/// <summary>Which of our kernel families a test drives.</summary>
+public enum KernelPath
+{
+    /// <summary>Whatever the selector picks: the fused kernel for CPU float32/float64.</summary>
+    Default,
+
+    /// <summary>The device-generic kernel, pinned with <see cref="KernelSelector.Force"/>.</summary>
+    Generic,
+}
+
+/// <summary>Which affine parameters a call passes.</summary>
+public enum Affine
+{
+    Both,
+    None,
+    WeightOnly,
+    BiasOnly,
+}
+
+/// <summary>How the input sits in memory.</summary>
+public enum Layout
+{
+    Contiguous,
+    ChannelsLast,
+
+    /// <summary>A permuted view that is dense in neither channels-first nor channels-last order.</summary>
+    Transposed,
+
+    /// <summary>Every other channel and a window of the last dimension of a larger tensor.</summary>
+    Sliced,
+}
+
+/// <summary>Forward output and the gradients of (y · dy).sum() that were asked for.</summary>
+internal sealed record GroupNormResult(Tensor Y, Tensor? Dx, Tensor? Dweight, Tensor? Dbias);
+
+/// <summary>
+/// Runs a group_norm call through libtorch's native kernel (the oracle) or through ours, with the same
+/// inputs, so that a test compares like with like.
+/// </summary>
+internal static class Oracle
+{
+    /// <summary>
+    /// libtorch's <c>torch.nn.functional.group_norm</c>. Inputs are detached into fresh leaves; the caller
+    /// owns everything returned (it lives in the caller's dispose scope).
+    /// </summary>
+    public static GroupNormResult Native(Tensor x, long groups, Tensor? weight, Tensor? bias, double eps, Tensor? dy)
+    {
+        var xl = x.detach().requires_grad_(dy is not null);
+        var wl = weight?.detach().requires_grad_(dy is not null);
+        var bl = bias?.detach().requires_grad_(dy is not null);
+        // libtorch's backward aborts the process when bias is given without weight; an all-ones weight
+        // that does not require grad is the same function and takes the path that works.
+        var wArg = wl ?? (bl is null ? null : torch.ones(x.shape[1], x.dtype, x.device));
+        var y = torch.nn.functional.group_norm(xl, groups, wArg, bl, eps);
+        return dy is null ? new GroupNormResult(y, null, null, null) : Differentiate(y, dy, xl, wl, bl);
+    }
+
+    /// <summary>Our functional group_norm on <paramref name="path"/>, forward and backward.</summary>
+    public static GroupNormResult Ours(KernelPath path, Tensor x, long groups, Tensor? weight, Tensor? bias, double eps, Tensor? dy)
+    {
+        using var forced = path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null;
+        var xl = x.detach().requires_grad_(dy is not null);
+        var wl = weight?.detach().requires_grad_(dy is not null);
+        var bl = bias?.detach().requires_grad_(dy is not null);
+        var y = Functional.group_norm(xl, groups, wl, bl, eps);
+        return dy is null ? new GroupNormResult(y, null, null, null) : Differentiate(y, dy, xl, wl, bl);
+    }
+
+    private static GroupNormResult Differentiate(Tensor y, Tensor dy, Tensor x, Tensor? weight, Tensor? bias)
+    {
+        var inputs = new List<Tensor> { x };
+        if (weight is not null) inputs.Add(weight);
+        if (bias is not null) inputs.Add(bias);
+        var grads = torch.autograd.grad(new[] { y }, inputs, new[] { dy });
+        int k = 1;
+        var dweight = weight is null ? null : grads[k++];
+        var dbias = bias is null ? null : grads[k];
+        return new GroupNormResult(y.detach(), grads[0], dweight, dbias);
+    }
+}
+
+/// <summary>Error measures and input builders shared by the parity, accuracy and CUDA tests.</summary>
+internal static class TestTensors
+{
+    /// <summary>
+    /// max|actual − expected| / max|expected|, in float64: relative to the tensor's scale, so that entries
+    /// that happen to be near zero do not dominate. Empty tensors have no error. NaN propagates, and fails
+    /// any "less than" assertion.
+    /// </summary>
+    public static double RelativeError(Tensor actual, Tensor expected)
+    {
+        if (!actual.shape.SequenceEqual(expected.shape))
+            throw new ArgumentException($"Shapes differ: [{string.Join(", ", actual.shape)}] vs [{string.Join(", ", expected.shape)}].", nameof(actual));
+        if (expected.numel() == 0) return 0;
+        using var scope = torch.NewDisposeScope();
+        var a = actual.detach().cpu().to(ScalarType.Float64);
+        var e = expected.detach().cpu().to(ScalarType.Float64);
+        double diff = (a - e).abs().max().item<double>();
+        double scale = Math.Max(e.abs().max().item<double>(), double.Epsilon);
+        return diff / scale;
+    }
+
+    /// <summary>Same shape and bit-for-bit the same values.</summary>
+    public static bool Identical(Tensor a, Tensor b)
+    {
+        if (!a.shape.SequenceEqual(b.shape) || a.dtype != b.dtype) return false;
+        using var equal = a.eq(b);
+        using var all = equal.all();
+        return all.item<bool>();
+    }
+
+    /// <summary>A random input of <paramref name="shape"/> laid out as <paramref name="layout"/> says.</summary>
+    public static Tensor Input(long[] shape, Layout layout, ScalarType dtype, Device device)
+    {
+        int rank = shape.Length;
+        switch (layout)
+        {
+            case Layout.Contiguous:
+                return torch.randn(shape, dtype, device);
+            case Layout.ChannelsLast:
+                return ToChannelsLast(torch.randn(shape, dtype, device));
+            case Layout.Transposed:
+                {
+                    // Rank 3 needs a 3-cycle: swapping the last two would be channels-last, which is dense.
+                    long[] permutation = rank switch
+                    {
+                        2 => new long[] { 1, 0 },
+                        3 => new long[] { 1, 2, 0 },
+                        _ => Enumerable.Range(0, rank).Select(i => (long)(i == rank - 1 ? rank - 2 : i == rank - 2 ? rank - 1 : i)).ToArray(),
+                    };
+                    // Storage shape s with s[permutation[i]] = shape[i], so the view has the requested shape.
+                    var storage = new long[rank];
+                    for (int i = 0; i < rank; i++) storage[permutation[i]] = shape[i];
+                    return torch.randn(storage, dtype, device).permute(permutation);
+                }
+            case Layout.Sliced:
+                {
+                    var big = (long[])shape.Clone();
+                    big[1] *= 2;
+                    if (rank > 2) big[rank - 1] += 2;
+                    var view = torch.randn(big, dtype, device).slice(1, 0, big[1], 2);
+                    return rank > 2 ? view.narrow(rank - 1, 1, shape[rank - 1]) : view;
+                }
+            default:
+                throw new ArgumentOutOfRangeException(nameof(layout), layout, null);
+        }
+    }
+
+    /// <summary>The same values in PyTorch's channels_last memory format (channels innermost).</summary>
+    public static Tensor ToChannelsLast(Tensor t)
+    {
+        var (toLast, back) = ChannelsLastPermutations((int)t.ndim);
+        return t.permute(toLast).contiguous().permute(back);
+    }
+
+    /// <summary>PyTorch's is_contiguous(memory_format=channels_last), which TorchSharp does not expose.</summary>
+    public static bool IsChannelsLast(Tensor t)
+    {
+        if (t.ndim < 3) return false;
+        using var permuted = t.permute(ChannelsLastPermutations((int)t.ndim).ToLast);
+        return permuted.is_contiguous();
+    }
+
+    private static (long[] ToLast, long[] Back) ChannelsLastPermutations(int rank)
+    {
+        var toLast = new long[rank];
+        var back = new long[rank];
+        for (int i = 2; i < rank; i++) toLast[i - 1] = i;
+        toLast[rank - 1] = 1;
+        for (int i = 0; i < rank; i++) back[toLast[i]] = i;
+        return (toLast, back);
+    }
+
+    /// <summary>Weight away from 1 and bias away from 0, so that a swapped or ignored parameter shows.</summary>
+    public static (Tensor? Weight, Tensor? Bias) Parameters(Affine affine, long channels, ScalarType dtype, Device device)
+    {
+        var weight = affine is Affine.Both or Affine.WeightOnly ? torch.rand(channels, dtype, device) + 0.5 : null;
+        var bias = affine is Affine.Both or Affine.BiasOnly ? torch.randn(channels, dtype, device) : null;
+        return (weight, bias);
+    }
+}
