@@ -1,1 +1,3 @@
-internal static class Program { private static int Main() => 0; }
+using ResNetCifar;
+
+return new SampleCommands().Build().Parse(args).Invoke();
