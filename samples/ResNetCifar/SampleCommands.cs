@@ -20,7 +20,7 @@ internal sealed class SampleCommands
     private readonly Option<long> _groups = new("--groups") { Description = "GroupNorm groups; must divide 16, 32 and 64", DefaultValueFactory = _ => 8, Recursive = true };
     private readonly Option<long?> _channelsPerGroup = new("--channels-per-group") { Description = "channels per group instead of a fixed group count (G = C / this)", Recursive = true };
     private readonly Option<int> _epochs = new("--epochs") { Description = "training epochs", DefaultValueFactory = _ => 1, Recursive = true };
-    private readonly Option<int> _batchSize = new("--batch-size") { Description = "images per step", DefaultValueFactory = _ => 64, Recursive = true };
+    private readonly Option<int> _batchSize = new("--batch-size") { Description = "images per step", DefaultValueFactory = _ => 32, Recursive = true };
     private readonly Option<double> _lr = new("--lr") { Description = "peak learning rate (in study mode: the rate at batch size 32)", DefaultValueFactory = _ => 0.1, Recursive = true };
     private readonly Option<double> _weightDecay = new("--weight-decay") { Description = "L2 penalty on conv and linear weights", DefaultValueFactory = _ => 5e-4, Recursive = true };
     private readonly Option<string> _schedule = new("--schedule") { Description = "cosine or step (÷10 at 50% and 75%), after a short linear warm-up", DefaultValueFactory = _ => "cosine", Recursive = true };

@@ -11,7 +11,7 @@ internal sealed record TrainSettings
     public long Groups { get; init; } = 8;
     public long? ChannelsPerGroup { get; init; }
     public int Epochs { get; init; } = 1;
-    public int BatchSize { get; init; } = 64;
+    public int BatchSize { get; init; } = 32;
     public double LearningRate { get; init; } = 0.1;
     public double Momentum { get; init; } = 0.9;
     public double WeightDecay { get; init; } = 5e-4;
