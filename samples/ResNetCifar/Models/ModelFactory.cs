@@ -25,7 +25,13 @@ internal static class ModelFactory
             case CifarResNetName:
                 return new CifarResNet(depth, inChannels, numClasses, norms);
             case ResNet18Name:
-                return WithInput(inChannels, torchvision.models.resnet18(num_classes: (int)numClasses, zero_init_residual: true, norm_layer: c => norms.Create(c)));
+                var custom = torchvision.models.resnet18(num_classes: (int)numClasses, norm_layer: c => norms.Create(c));
+                // torchvision's zero_init_residual only knows BatchNorm2d; zero each block's last norm ourselves.
+                foreach (var (name, module) in custom.named_modules())
+                {
+                    if (name.EndsWith(".bn2", StringComparison.Ordinal) && module is nn.Module<Tensor, Tensor> norm) NormFactory.ZeroGamma(norm);
+                }
+                return WithInput(inChannels, custom);
             case ResNet18ConvertedName:
                 if (norms.Kind != NormKind.Gn)
                     throw new ArgumentException("--model resnet18-converted converts BatchNorm to our GroupNorm; use it with --norm gn.");
