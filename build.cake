@@ -85,10 +85,11 @@ Task("BenchMemory")
 
 // The ResNet sample (samples/ResNetCifar). Extra command-line arguments go through --sample-args, e.g.
 //   dotnet cake --target=Sample --sample-args="--epochs 3 --batch-size 128 --threads 1"
-void RunSample(string command)
+void RunSample(string command, string fixedArguments = "")
 {
     var arguments = new ProcessArgumentBuilder();
     if (command.Length > 0) arguments.Append(command);
+    if (fixedArguments.Length > 0) arguments.Append(fixedArguments);
     var extra = Argument("sample-args", "");
     if (extra.Length > 0) arguments.Append(extra);
     DotNetRun("./samples/ResNetCifar/ResNetCifar.csproj", arguments, new DotNetRunSettings
@@ -105,10 +106,10 @@ Task("Sample")
     .IsDependentOn("Build")
     .Does(() => RunSample(""));
 
-// GroupNorm against BatchNorm at batch sizes 32..2; writes study.csv and study.png to ./results (or --out in --sample-args).
+// GroupNorm against BatchNorm at batch sizes 32..2; writes study.csv and study.png to --study-out.
 Task("Study")
     .IsDependentOn("Build")
-    .Does(() => RunSample("study"));
+    .Does(() => RunSample("study", "--out " + Argument("study-out", "./samples/ResNetCifar/results")));
 
 // Training images/s of ResNet-20 with our GroupNorm against TorchSharp's nn.GroupNorm, alternating in one process.
 Task("Throughput")
