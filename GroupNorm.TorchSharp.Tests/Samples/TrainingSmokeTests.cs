@@ -1,0 +1,125 @@
+using System;
+using System.IO;
+using System.Linq;
+using NUnit.Framework;
+using ResNetCifar.Data;
+using ResNetCifar.Models;
+using ResNetCifar.Study;
+using ResNetCifar.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GroupNormalization.Tests.Samples;
+
+public sealed class TrainingSmokeTests
+{
+    private static readonly int[] SecondEpochOnly = [2];
+
+    private static ImageDataset Synthetic(int count, long channels, bool augment)
+    {
+        using var scope = torch.NewDisposeScope();
+        var generator = new torch.Generator(7);
+        var labels = torch.randint(0, 10, new long[] { count }, generator: generator);
+        // Class-dependent brightness so that two steps can already move the loss.
+        var images = torch.randn(new long[] { count, channels, 32, 32 }, generator: generator)
+            .add_(labels.to(ScalarType.Float32).view(-1, 1, 1, 1).div_(5));
+        return new ImageDataset("synthetic", images, labels, augment);
+    }
+
+    [TestCase("gn", false)]
+    [TestCase("bn", true)]
+    [TestCase("gn-builtin", false)]
+    public void TwoStepsOfResNet20GiveFiniteLoss(string normName, bool augment)
+    {
+        var norm = normName switch { "bn" => NormKind.Bn, "gn-builtin" => NormKind.GnBuiltin, _ => NormKind.Gn };
+        using var train = Synthetic(32, 3, augment);
+        using var test = Synthetic(16, 3, false);
+        var settings = new TrainSettings { Norm = norm, BatchSize = 16, Epochs = 1, LearningRate = 0.05 };
+
+        var result = Trainer.Run(settings, train, test, new SilentProgressDisplay());
+
+        var epoch = result.Epochs.Single();
+        Assert.That(epoch.Images, Is.EqualTo(32));
+        Assert.That(double.IsFinite(epoch.TrainLoss), Is.True);
+        Assert.That(double.IsFinite(result.FinalTestLoss), Is.True);
+        Assert.That(result.FinalTestAccuracy, Is.InRange(0.0, 1.0));
+    }
+
+    [Test]
+    public void CheckpointResumesAtTheNextEpochAndCsvGetsOneLinePerEpoch()
+    {
+        using var train = Synthetic(16, 1, false);
+        using var test = Synthetic(8, 1, false);
+        var directory = Directory.CreateTempSubdirectory("resnet-checkpoint-").FullName;
+        try
+        {
+            var checkpoint = Path.Combine(directory, "model.bin");
+            var csv = Path.Combine(directory, "log.csv");
+            var settings = new TrainSettings { BatchSize = 8, Epochs = 1, CheckpointPath = checkpoint, CsvPath = csv };
+            Trainer.Run(settings, train, test, new SilentProgressDisplay());
+
+            var resumed = Trainer.Run(settings with { Epochs = 2, Resume = true }, train, test, new SilentProgressDisplay());
+
+            Assert.That(resumed.Epochs.Select(e => e.Epoch), Is.EqualTo(SecondEpochOnly));
+            Assert.That(File.ReadAllLines(csv), Has.Length.EqualTo(3));
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [Test]
+    public void ImageBudgetFixesTheNumberOfSteps()
+    {
+        using var train = Synthetic(32, 1, false);
+        using var test = Synthetic(8, 1, false);
+        var settings = new TrainSettings { BatchSize = 2, ImageBudget = 4, EvaluateEachEpoch = false };
+
+        var result = Trainer.Run(settings, train, test, new SilentProgressDisplay());
+
+        Assert.That(result.Epochs.Sum(e => e.Images), Is.EqualTo(4));
+        Assert.That(double.IsFinite(result.FinalTestLoss), Is.True);
+    }
+
+    [TestCase(20)]
+    [TestCase(32)]
+    public void CifarResNetHasTheDepthItIsAskedFor(int depth)
+    {
+        using var model = new CifarResNet(depth, 3, 10, new NormFactory(NormKind.Gn));
+        var convs = model.modules().OfType<TorchSharp.Modules.Conv2d>().Count(c => c.weight.shape[2] == 3);
+        Assert.That(convs + 1, Is.EqualTo(depth), "3×3 convolutions plus the classifier");
+        Assert.That(model.modules().OfType<GroupNorm>().All(g => g.num_groups == 8), Is.True);
+    }
+
+    [Test]
+    public void BadGroupCountIsExplained() =>
+        Assert.That(() => new CifarResNet(20, 3, 10, new NormFactory(NormKind.Gn, groups: 5)),
+            Throws.ArgumentException.With.Message.Contains("--groups 5"));
+
+    [Test]
+    public void StudyWritesCsvAndPng()
+    {
+        var directory = Directory.CreateTempSubdirectory("study-").FullName;
+        try
+        {
+            var rows = BatchSizeStudy.BatchSizes.SelectMany(b => new[]
+            {
+                new StudyRow("GN", b, 0.1 * b / 32, 64, 64 / b, 0.8, 0.5, 1),
+                new StudyRow("BN", b, 0.1 * b / 32, 64, 64 / b, 0.5 + b / 100.0, 0.9, 1),
+            }).ToList();
+            var png = Path.Combine(directory, "study.png");
+            var csv = Path.Combine(directory, "study.csv");
+
+            StudyPlot.Save(rows, png, "test");
+            BatchSizeStudy.WriteCsv(csv, rows);
+
+            Assert.That(new FileInfo(png).Length, Is.GreaterThan(1000));
+            Assert.That(File.ReadAllLines(csv), Has.Length.EqualTo(11));
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+}

@@ -1,0 +1,88 @@
+using System;
+
+namespace GroupNormalization.Conversion;
+
+/// <summary>
+/// How <see cref="BatchNormConverter"/> turns each BatchNorm layer into a <see cref="GroupNorm"/>.
+/// <para>
+/// The number of groups G for a layer with C channels must divide C. The rule:
+/// when <see cref="channels_per_group"/> is set, G is the largest divisor of C that is at most
+/// C / channels_per_group (so every group holds at least that many channels); otherwise G is the largest
+/// divisor of C that is at most <see cref="num_groups"/>. With the default (32, as in Wu &amp; He) a
+/// 64-channel layer gets 32 groups, a 48-channel layer 24 and a 16-channel layer 16.
+/// </para>
+/// </summary>
+public sealed class BatchNormConversionOptions
+{
+    private long _numGroups = 32;
+    private long? _channelsPerGroup;
+    private double? _eps;
+
+    /// <summary>Target number of groups; a layer gets the largest divisor of its channel count not above it. Default 32.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is below 1.</exception>
+    public long num_groups
+    {
+        get => _numGroups;
+        set
+        {
+            if (value < 1)
+                throw new ArgumentOutOfRangeException(nameof(num_groups), value, $"num_groups must be at least 1, but got num_groups={value}.");
+            _numGroups = value;
+        }
+    }
+
+    /// <summary>
+    /// When set, overrides <see cref="num_groups"/>: each group holds at least this many channels
+    /// (G is the largest divisor of C not above C / channels_per_group, and at least 1).
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is below 1.</exception>
+    public long? channels_per_group
+    {
+        get => _channelsPerGroup;
+        set
+        {
+            if (value is < 1)
+                throw new ArgumentOutOfRangeException(nameof(channels_per_group), value, $"channels_per_group must be at least 1, but got channels_per_group={value}.");
+            _channelsPerGroup = value;
+        }
+    }
+
+    /// <summary>Epsilon for the new layers; null (the default) keeps each BatchNorm's own eps.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is negative or NaN.</exception>
+    public double? eps
+    {
+        get => _eps;
+        set
+        {
+            if (value is double v && !(v >= 0))
+                throw new ArgumentOutOfRangeException(nameof(eps), value, $"eps must be >= 0, but got eps={value}.");
+            _eps = value;
+        }
+    }
+
+    /// <summary>Whether the new layers are affine; null (the default) follows each BatchNorm's own affine flag.</summary>
+    public bool? affine { get; set; }
+
+    /// <summary>
+    /// Whether BatchNorm's learned γ and β become the GroupNorm's weight and bias (default true). When false,
+    /// or when the BatchNorm has no affine parameters, the GroupNorm starts at weight 1 and bias 0.
+    /// </summary>
+    public bool copy_affine { get; set; } = true;
+
+    /// <summary>Whether the replaced BatchNorm modules are disposed once nothing in the tree refers to them (default true).</summary>
+    public bool dispose_replaced { get; set; } = true;
+
+    /// <summary>The number of groups these options give a layer with <paramref name="num_channels"/> channels.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="num_channels"/> is below 1.</exception>
+    public long choose_num_groups(long num_channels)
+    {
+        if (num_channels < 1)
+            throw new ArgumentOutOfRangeException(nameof(num_channels), num_channels, $"num_channels must be at least 1, but got num_channels={num_channels}.");
+        var cap = _channelsPerGroup is long perGroup ? num_channels / perGroup : _numGroups;
+        for (var g = Math.Min(Math.Max(cap, 1), num_channels); g > 1; g--)
+        {
+            if (num_channels % g == 0) return g;
+        }
+        return 1;
+    }
+}

@@ -1,0 +1,40 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ResNetCifar.Models;
+
+/// <summary>Two 3×3 convolutions with a residual connection; a 1×1 projection when the shape changes.</summary>
+internal sealed class BasicBlock : nn.Module<Tensor, Tensor>
+{
+    // Fields are typed Module<Tensor, Tensor> so BatchNormConverter can swap the norms in place.
+    private readonly nn.Module<Tensor, Tensor> conv1;
+    private readonly nn.Module<Tensor, Tensor> norm1;
+    private readonly nn.Module<Tensor, Tensor> conv2;
+    private readonly nn.Module<Tensor, Tensor> norm2;
+    private readonly nn.Module<Tensor, Tensor>? shortcut;
+
+    public BasicBlock(long inChannels, long outChannels, long stride, NormFactory norms) : base(nameof(BasicBlock))
+    {
+        conv1 = nn.Conv2d(inChannels, outChannels, 3, stride: stride, padding: 1, bias: false);
+        norm1 = norms.Create(outChannels);
+        conv2 = nn.Conv2d(outChannels, outChannels, 3, padding: 1, bias: false);
+        norm2 = norms.Create(outChannels);
+        NormFactory.ZeroGamma(norm2);
+        if (stride != 1 || inChannels != outChannels)
+        {
+            shortcut = nn.Sequential(
+                ("conv", nn.Conv2d(inChannels, outChannels, 1, stride: stride, bias: false)),
+                ("norm", norms.Create(outChannels)));
+        }
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor input)
+    {
+        using var scope = torch.NewDisposeScope();
+        var y = norm1.call(conv1.call(input)).relu_();
+        y = norm2.call(conv2.call(y));
+        var identity = shortcut is null ? input : shortcut.call(input);
+        return y.add_(identity).relu_().MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,59 @@
+using System;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace ResNetCifar.Models;
+
+/// <summary>
+/// Builds the normalization layer for a given channel count. The group count is <c>groups</c>, or
+/// C / channelsPerGroup when that is set; either way it must divide every channel count of the network.
+/// </summary>
+internal sealed class NormFactory(NormKind kind, long groups = 8, long? channelsPerGroup = null)
+{
+    public NormKind Kind { get; } = kind;
+
+    public long GroupsFor(long channels)
+    {
+        var g = channelsPerGroup is long perGroup ? channels / perGroup : groups;
+        if (g < 1 || channels % g != 0)
+        {
+            var rule = channelsPerGroup is long p ? $"--channels-per-group {p}" : $"--groups {groups}";
+            throw new ArgumentException($"{rule} gives {g} groups for a {channels}-channel layer; the group count must divide the channel count.");
+        }
+        return g;
+    }
+
+    public nn.Module<Tensor, Tensor> Create(long channels) => Kind switch
+    {
+        NormKind.Gn => new GroupNormalization.GroupNorm(GroupsFor(channels), channels),
+        NormKind.Bn => nn.BatchNorm2d(channels),
+        NormKind.GnBuiltin => CreateBuiltin(channels),
+        _ => throw new InvalidOperationException($"Unknown norm {Kind}."),
+    };
+
+    /// <summary>Sets a norm layer's γ to zero, so that a residual block starts as the identity (Wu &amp; He; Goyal et al.).</summary>
+    public static void ZeroGamma(nn.Module<Tensor, Tensor> norm)
+    {
+        using var _ = torch.no_grad();
+        switch (norm)
+        {
+            case GroupNormalization.GroupNorm ours: ours.weight?.zero_(); break;
+            case TorchSharp.Modules.GroupNorm builtin: builtin.weight.zero_(); break;
+            case BatchNorm bn: bn.weight.zero_(); break;
+            default: throw new ArgumentException($"Cannot zero the scale of {norm.GetType().Name}.", nameof(norm));
+        }
+    }
+
+    private nn.Module<Tensor, Tensor> CreateBuiltin(long channels)
+    {
+        var gn = nn.GroupNorm(GroupsFor(channels), channels);
+        // TorchSharp 0.107 allocates nn.GroupNorm's weight and bias with torch.empty and never initializes them.
+        using (torch.no_grad())
+        {
+            gn.weight.fill_(1);
+            gn.bias!.zero_();
+        }
+        return gn;
+    }
+}

@@ -1,0 +1,3 @@
+using ResNetCifar;
+
+return new SampleCommands().Build().Parse(args).Invoke();
