@@ -1,0 +1,32 @@
+using System;
+using System.Runtime.InteropServices;
+
+namespace GroupNormalization.Benchmarks;
+
+/// <summary>glibc's allocator settings, for the peak-memory mode (see <see cref="PeakMemory"/>).</summary>
+internal static partial class GlibcAllocator
+{
+    private const int TrimThreshold = -1;   // M_TRIM_THRESHOLD
+    private const int MmapThreshold = -3;   // M_MMAP_THRESHOLD
+
+    /// <summary>Makes every block of 64 KiB or more an mmap of its own and trims the heap eagerly; false where glibc is absent.</summary>
+    public static bool ReturnFreedMemoryAtOnce()
+    {
+        try
+        {
+            return mallopt(MmapThreshold, 64 * 1024) == 1 && mallopt(TrimThreshold, 0) == 1;
+        }
+        catch (DllNotFoundException)
+        {
+            return false;
+        }
+        catch (EntryPointNotFoundException)
+        {
+            return false;
+        }
+    }
+
+    [LibraryImport("libc", EntryPoint = "mallopt")]
+    [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
+    private static partial int mallopt(int param, int value);
+}
