@@ -5,7 +5,7 @@ namespace GroupNormalization;
 
 /// <summary>
 /// Group Normalization as a function, for code that holds its own parameters
-/// (the counterpart of <c>torch.nn.functional.group_norm</c>).
+/// (the counterpart of PyTorch's functional form; this one never calls libtorch's kernel).
 /// </summary>
 public static class Functional
 {

@@ -45,8 +45,13 @@ internal static unsafe class CpuFusedLoops
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector<double> LoadDouble(double* p) => Unsafe.ReadUnaligned<Vector<double>>(p);
 
+    /// <summary>p[0 .. 2h) += (lo, hi): folds one widened block's column accumulators into float64 sums.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreDouble(double* p, Vector<double> v) => Unsafe.WriteUnaligned(p, v);
+    private static void AddWide(double* p, Vector<double> lo, Vector<double> hi)
+    {
+        Unsafe.WriteUnaligned(p, LoadDouble(p) + lo);
+        Unsafe.WriteUnaligned(p + Vector<double>.Count, LoadDouble(p + Vector<double>.Count) + hi);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector<T> Load<T>(T* p) where T : unmanaged => Unsafe.ReadUnaligned<Vector<T>>(p);
@@ -266,7 +271,7 @@ internal static unsafe class CpuFusedLoops
         long j = 0;
         if (Vector.IsHardwareAccelerated)
         {
-            int w = BlockWidth, h = Vector<double>.Count;
+            int w = BlockWidth;
             for (; j <= c - w; j += w)
             {
                 Vector<double> l0 = default, h0 = default, l1 = default, h1 = default;
@@ -287,8 +292,7 @@ internal static unsafe class CpuFusedLoops
                     l0 += la;
                     h0 += ha;
                 }
-                StoreDouble(sum + j, LoadDouble(sum + j) + (l0 + l1));
-                StoreDouble(sum + j + h, LoadDouble(sum + j + h) + (h0 + h1));
+                AddWide(sum + j, l0 + l1, h0 + h1);
             }
         }
         for (; j < c; j++)
@@ -323,10 +327,8 @@ internal static unsafe class CpuFusedLoops
                     ql += lo * lo;
                     qh += hi * hi;
                 }
-                StoreDouble(dev + j, LoadDouble(dev + j) + sl);
-                StoreDouble(dev + j + h, LoadDouble(dev + j + h) + sh);
-                StoreDouble(sq + j, LoadDouble(sq + j) + ql);
-                StoreDouble(sq + j + h, LoadDouble(sq + j + h) + qh);
+                AddWide(dev + j, sl, sh);
+                AddWide(sq + j, ql, qh);
             }
         }
         for (; j < c; j++)
@@ -367,10 +369,8 @@ internal static unsafe class CpuFusedLoops
                     bl += gl * (xl - ml);
                     bh += gh * (xh - mh);
                 }
-                StoreDouble(sumA + j, LoadDouble(sumA + j) + al);
-                StoreDouble(sumA + j + h, LoadDouble(sumA + j + h) + ah);
-                StoreDouble(sumB + j, LoadDouble(sumB + j) + bl);
-                StoreDouble(sumB + j + h, LoadDouble(sumB + j + h) + bh);
+                AddWide(sumA + j, al, ah);
+                AddWide(sumB + j, bl, bh);
             }
         }
         for (; j < c; j++)
