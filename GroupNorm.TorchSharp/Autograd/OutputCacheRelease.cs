@@ -1,3 +1,4 @@
+using System;
 using System.Collections.Generic;
 using System.Reflection;
 using static TorchSharp.torch;
@@ -28,8 +29,11 @@ internal static class OutputCacheRelease
     private static readonly FieldInfo? NodeField = typeof(autograd.AutogradContext).GetField("_node", Private);
     private static FieldInfo? s_cacheField;
 
-    /// <summary>Whether the TorchSharp internals this relies on were found (tests assert it).</summary>
-    internal static bool Supported(autograd.AutogradContext ctx) => CacheOf(ctx) is not null;
+    /// <summary>Whether this TorchSharp still has the internals this relies on (a test asserts it).</summary>
+    internal static bool Supported =>
+        NodeField is not null &&
+        Array.Exists(NodeField.FieldType.Assembly.GetTypes(),
+            t => t.IsSubclassOf(NodeField.FieldType) && t.GetField("_outputCache", Private)?.FieldType == typeof(List<Tensor>));
 
     public static void Release(autograd.AutogradContext ctx)
     {
