@@ -8,8 +8,9 @@ namespace GroupNormalization.Kernels;
 /// scheduled and <see cref="GroupNormMath"/> for the formulas).
 /// <para>
 /// Generic over float and double: the JIT compiles one specialisation per type and removes the
-/// <c>typeof(T)</c> branches. Every reduction accumulates in double: float32 values are widened
-/// lane-wise, so sums over hundreds of thousands of elements keep float32 results exact to rounding.
+/// <c>typeof(T)</c> branches. Every reduction returns float64 sums: float32 data take the float32
+/// loops of <c>CpuFusedLoops.Single.cs</c>, which fold their accumulators into float64 every few terms,
+/// so sums over hundreds of thousands of elements keep float32 results exact to rounding.
 /// Element-wise loops run in T with per-channel coefficients prepared in double.
 /// </para>
 /// <para>
@@ -17,7 +18,7 @@ namespace GroupNormalization.Kernels;
 /// positions of a channels-last tensor, each holding C contiguous channels, with per-channel coefficients.
 /// </para>
 /// </summary>
-internal static unsafe class CpuFusedLoops
+internal static unsafe partial class CpuFusedLoops
 {
     // ---- helpers -------------------------------------------------------------------------------
 
@@ -108,6 +109,7 @@ internal static unsafe class CpuFusedLoops
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static (double Dev, double SqDev) SumDeviations<T>(T* p, long n, double m) where T : unmanaged
     {
+        if (typeof(T) == typeof(float)) return SumDeviationsSingle((float*)p, n, m);
         long i = 0;
         double s = 0, q = 0;
         if (Vector.IsHardwareAccelerated)
@@ -159,6 +161,7 @@ internal static unsafe class CpuFusedLoops
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static (double A, double B) GradientSums<T>(T* x, T* dy, long n, double m) where T : unmanaged
     {
+        if (typeof(T) == typeof(float)) return GradientSumsSingle((float*)x, (float*)dy, n, m);
         long i = 0;
         double a = 0, b = 0;
         if (Vector.IsHardwareAccelerated)
@@ -268,6 +271,11 @@ internal static unsafe class CpuFusedLoops
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void AccumulateColumns<T>(T* x, long rows, long c, double* sum) where T : unmanaged
     {
+        if (typeof(T) == typeof(float))
+        {
+            AccumulateColumnsSingle((float*)x, rows, c, sum);
+            return;
+        }
         long j = 0;
         if (Vector.IsHardwareAccelerated)
         {
@@ -307,6 +315,11 @@ internal static unsafe class CpuFusedLoops
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void AccumulateColumnDeviations<T>(T* x, long rows, long c, double* m, double* dev, double* sq) where T : unmanaged
     {
+        if (typeof(T) == typeof(float))
+        {
+            AccumulateColumnDeviationsSingle((float*)x, rows, c, m, dev, sq);
+            return;
+        }
         long j = 0;
         if (Vector.IsHardwareAccelerated)
         {
@@ -349,6 +362,11 @@ internal static unsafe class CpuFusedLoops
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void AccumulateGradientColumns<T>(T* x, T* dy, long rows, long c, double* m, double* sumA, double* sumB) where T : unmanaged
     {
+        if (typeof(T) == typeof(float))
+        {
+            AccumulateGradientColumnsSingle((float*)x, (float*)dy, rows, c, m, sumA, sumB);
+            return;
+        }
         long j = 0;
         if (Vector.IsHardwareAccelerated)
         {
@@ -392,24 +410,16 @@ internal static unsafe class CpuFusedLoops
     public static void NormalizeColumns<T>(T* x, T* y, long rows, long c, T* muHi, T* muLo, T* scale, T* shift)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
-        long j = 0;
-        if (Vector.IsHardwareAccelerated)
+        // Row by row: x and y stream sequentially, and the coefficient rows stay in L1.
+        int w = Vector.IsHardwareAccelerated ? Vector<T>.Count : int.MaxValue;
+        for (long r = 0; r < rows; r++)
         {
-            int w = Vector<T>.Count;
+            T* xr = x + r * c, yr = y + r * c;
+            long j = 0;
             for (; j <= c - w; j += w)
-            {
-                var vh = Load(muHi + j);
-                var vl = Load(muLo + j);
-                var vs = Load(scale + j);
-                var vb = Load(shift + j);
-                for (long r = 0; r < rows; r++)
-                    Store(y + r * c + j, ((Load(x + r * c + j) - vh) - vl) * vs + vb);
-            }
-        }
-        for (; j < c; j++)
-        {
-            for (long r = 0; r < rows; r++)
-                y[r * c + j] = ((x[r * c + j] - muHi[j]) - muLo[j]) * scale[j] + shift[j];
+                Store(yr + j, ((Load(xr + j) - Load(muHi + j)) - Load(muLo + j)) * Load(scale + j) + Load(shift + j));
+            for (; j < c; j++)
+                yr[j] = ((xr[j] - muHi[j]) - muLo[j]) * scale[j] + shift[j];
         }
     }
 
@@ -418,31 +428,15 @@ internal static unsafe class CpuFusedLoops
     public static void InputGradientColumns<T>(T* x, T* dy, T* dx, long rows, long c, T* muHi, T* muLo, T* a, T* b, T* k)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
-        long j = 0;
-        if (Vector.IsHardwareAccelerated)
+        int w = Vector.IsHardwareAccelerated ? Vector<T>.Count : int.MaxValue;
+        for (long r = 0; r < rows; r++)
         {
-            int w = Vector<T>.Count;
+            T* xr = x + r * c, gr = dy + r * c, dr = dx + r * c;
+            long j = 0;
             for (; j <= c - w; j += w)
-            {
-                var vh = Load(muHi + j);
-                var vl = Load(muLo + j);
-                var va = Load(a + j);
-                var vb = Load(b + j);
-                var vk = Load(k + j);
-                for (long r = 0; r < rows; r++)
-                {
-                    long at = r * c + j;
-                    Store(dx + at, va * Load(dy + at) + (vb * ((Load(x + at) - vh) - vl) + vk));
-                }
-            }
-        }
-        for (; j < c; j++)
-        {
-            for (long r = 0; r < rows; r++)
-            {
-                long at = r * c + j;
-                dx[at] = a[j] * dy[at] + (b[j] * ((x[at] - muHi[j]) - muLo[j]) + k[j]);
-            }
+                Store(dr + j, Load(a + j) * Load(gr + j) + (Load(b + j) * ((Load(xr + j) - Load(muHi + j)) - Load(muLo + j)) + Load(k + j)));
+            for (; j < c; j++)
+                dr[j] = a[j] * gr[j] + (b[j] * ((xr[j] - muHi[j]) - muLo[j]) + k[j]);
         }
     }
 }
