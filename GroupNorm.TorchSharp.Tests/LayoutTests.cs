@@ -60,6 +60,34 @@ public sealed class LayoutTests
         });
     }
 
+    /// <summary>γ and β may be strided views (every other entry of a larger tensor), with or without a graph.</summary>
+    [Test]
+    public void StridedWeightAndBiasGiveTheBuiltInsResult([Values] KernelPath path, [Values] bool recordGraph)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(83);
+        var shape = new long[] { 2, 6, 4, 5 };
+        var x = torch.randn(shape);
+        var w = torch.randn(12).slice(0, 0, 12, 2);
+        var b = torch.randn(12).slice(0, 1, 12, 2);
+        Assume.That(w.is_contiguous() || b.is_contiguous(), Is.False);
+        var dy = recordGraph ? torch.randn(shape) : null;
+
+        GroupNormResult ours;
+        using (recordGraph ? null : torch.no_grad())
+            ours = Oracle.Ours(path, x, 3, w, b, 1e-5, dy);
+        var expected = Oracle.Native(x, 3, w, b, 1e-5, dy);
+
+        Assert.Multiple(() =>
+        {
+            Assert.That(TestTensors.RelativeError(ours.Y, expected.Y), Is.LessThan(1e-5), "y");
+            if (!recordGraph) return;
+            Assert.That(TestTensors.RelativeError(ours.Dx!, expected.Dx!), Is.LessThan(1e-5), "dx");
+            Assert.That(TestTensors.RelativeError(ours.Dweight!, expected.Dweight!), Is.LessThan(1e-5), "dweight");
+            Assert.That(TestTensors.RelativeError(ours.Dbias!, expected.Dbias!), Is.LessThan(1e-5), "dbias");
+        });
+    }
+
     /// <summary>The incoming gradient need not share x's layout (it comes from whatever op follows).</summary>
     [Test]
     public void GradientInAnotherLayoutThanTheInput(

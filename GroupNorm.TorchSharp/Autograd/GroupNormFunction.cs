@@ -50,10 +50,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         if (!need.Any || !torch.is_grad_enabled())
         {
             // Inference: no graph, so skip the node and its bookkeeping entirely.
-            var (y, mean, rstd) = KernelSelector.Forward(kernel, input, weight, bias, shape, eps);
-            mean.Dispose();
-            rstd.Dispose();
-            return y;
+            return KernelSelector.Infer(kernel, input, weight, bias, shape, eps);
         }
 
         var release = t_releaseAfterApply ??= new List<Tensor>(4);

@@ -42,26 +42,48 @@ internal static unsafe class CpuFusedKernel
 
     public static (Tensor Y, Tensor Mean, Tensor Rstd) Forward(Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
     {
+        var mean = torch.empty(new[] { shape.N, shape.G }, ScalarType.Float64, torch.CPU);
+        var rstd = torch.empty(new[] { shape.N, shape.G }, ScalarType.Float64, torch.CPU);
+        var y = Run(x, weight, bias, shape, eps, TensorMemory.Pointer<double>(mean), TensorMemory.Pointer<double>(rstd));
+        GC.KeepAlive(mean);
+        GC.KeepAlive(rstd);
+        return (y, mean, rstd);
+    }
+
+    /// <summary>Forward without a graph: the statistics live in scratch memory instead of two tensors.</summary>
+    public static Tensor Infer(Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
+    {
+        using var scratch = new Scratch(2 * shape.Rows * sizeof(double));
+        double* mean = (double*)scratch.Pointer;
+        return Run(x, weight, bias, shape, eps, mean, mean + shape.Rows);
+    }
+
+    private static Tensor Run(Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps, double* mean, double* rstd)
+    {
         var layout = TensorMemory.DenseLayout(x.shape, x.stride());
         using var denseCopy = layout is null ? x.contiguous() : null;
         var src = denseCopy ?? x;
-        using var w = weight?.contiguous();
-        using var b = bias?.contiguous();
-
-        var y = torch.empty_like(src);
-        var mean = torch.empty(new[] { shape.N, shape.G }, ScalarType.Float64, torch.CPU);
-        var rstd = torch.empty(new[] { shape.N, shape.G }, ScalarType.Float64, torch.CPU);
-
-        var plan = Plan.For(shape, layout ?? ChannelLayout.ChannelsFirst);
-        if (src.dtype == ScalarType.Float32)
-            new ForwardJob<float>(src, y, w, b, mean, rstd, shape, eps, plan).Run();
-        else
-            new ForwardJob<double>(src, y, w, b, mean, rstd, shape, eps, plan).Run();
-
-        GC.KeepAlive(src);
-        GC.KeepAlive(w);
-        GC.KeepAlive(b);
-        return (y, mean, rstd);
+        // Parameters are almost always contiguous already; asking is cheaper than a new handle per call.
+        var w = TensorMemory.ContiguousOrSelf(weight);
+        var b = TensorMemory.ContiguousOrSelf(bias);
+        try
+        {
+            var y = torch.empty_like(src);
+            var plan = Plan.For(shape, layout ?? ChannelLayout.ChannelsFirst);
+            if (src.dtype == ScalarType.Float32)
+                new ForwardJob<float>(src, y, w, b, mean, rstd, shape, eps, plan).Run();
+            else
+                new ForwardJob<double>(src, y, w, b, mean, rstd, shape, eps, plan).Run();
+            GC.KeepAlive(src);
+            GC.KeepAlive(w);
+            GC.KeepAlive(b);
+            return y;
+        }
+        finally
+        {
+            if (!ReferenceEquals(w, weight)) w?.Dispose();
+            if (!ReferenceEquals(b, bias)) b?.Dispose();
+        }
     }
 
     public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
@@ -70,9 +92,9 @@ internal static unsafe class CpuFusedKernel
         var layout = TensorMemory.DenseLayout(x.shape, x.stride()) ?? ChannelLayout.ChannelsFirst;
         using var xd = TensorMemory.ToLayout(x, layout);
         using var dyd = TensorMemory.ToLayout(dy, layout);
-        using var w = weight?.contiguous();
-        using var meanD = mean.contiguous();
-        using var rstdD = rstd.contiguous();
+        var w = TensorMemory.ContiguousOrSelf(weight);
+        var meanD = TensorMemory.ContiguousOrSelf(mean)!;
+        var rstdD = TensorMemory.ContiguousOrSelf(rstd)!;
 
         var dx = need.Input ? torch.empty_like(xd) : null;
         var dweight = need.Weight ? torch.empty(shape.C, x.dtype, torch.CPU) : null;
@@ -89,6 +111,9 @@ internal static unsafe class CpuFusedKernel
         GC.KeepAlive(w);
         GC.KeepAlive(meanD);
         GC.KeepAlive(rstdD);
+        if (!ReferenceEquals(w, weight)) w?.Dispose();
+        if (!ReferenceEquals(meanD, mean)) meanD.Dispose();
+        if (!ReferenceEquals(rstdD, rstd)) rstdD.Dispose();
         return (dx, dweight, dbias);
     }
 
@@ -181,14 +206,14 @@ internal static unsafe class CpuFusedKernel
         private readonly Plan _plan;
         private Moments[]? _partial;
 
-        public ForwardJob(Tensor x, Tensor y, Tensor? w, Tensor? b, Tensor mean, Tensor rstd, GroupNormShape s, double eps, Plan plan)
+        public ForwardJob(Tensor x, Tensor y, Tensor? w, Tensor? b, double* mean, double* rstd, GroupNormShape s, double eps, Plan plan)
         {
             _x = TensorMemory.Pointer<T>(x);
             _y = TensorMemory.Pointer<T>(y);
             _w = PointerOrNull<T>(w);
             _b = PointerOrNull<T>(b);
-            _mean = TensorMemory.Pointer<double>(mean);
-            _rstd = TensorMemory.Pointer<double>(rstd);
+            _mean = mean;
+            _rstd = rstd;
             (_c, _g, _d, _s) = (s.C, s.G, s.D, s.S);
             _eps = eps;
             _plan = plan;

@@ -33,6 +33,16 @@ internal static class KernelSelector
             ? CpuFusedKernel.Forward(x, weight, bias, shape, eps)
             : DeviceGenericKernel.Forward(x, weight, bias, shape, eps);
 
+    /// <summary>Forward when no graph is recorded: only y is returned (the fused path keeps no statistics tensors).</summary>
+    public static Tensor Infer(KernelKind kind, Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
+    {
+        if (kind == KernelKind.CpuFused) return CpuFusedKernel.Infer(x, weight, bias, shape, eps);
+        var (y, mean, rstd) = DeviceGenericKernel.Forward(x, weight, bias, shape, eps);
+        mean.Dispose();
+        rstd.Dispose();
+        return y;
+    }
+
     public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
         KernelKind kind, Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor? weight, GroupNormShape shape, GradientRequest need) =>
         kind == KernelKind.CpuFused

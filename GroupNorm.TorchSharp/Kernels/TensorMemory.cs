@@ -79,6 +79,9 @@ internal static unsafe partial class TensorMemory
         return true;
     }
 
+    /// <summary><paramref name="t"/> itself when it is contiguous (or null), else a contiguous copy the caller disposes.</summary>
+    public static Tensor? ContiguousOrSelf(Tensor? t) => t is null || t.is_contiguous() ? t : t.contiguous();
+
     /// <summary>A dense copy of <paramref name="t"/> in the given layout (no copy when it already is).</summary>
     public static Tensor ToLayout(Tensor t, ChannelLayout layout)
     {
