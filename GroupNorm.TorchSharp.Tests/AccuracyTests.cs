@@ -35,6 +35,35 @@ public sealed class AccuracyTests
             Assert.That(ours.Y, Is.LessThanOrEqualTo(native.Y), "y: ours vs native float32 error");
     }
 
+    /// <summary>
+    /// The fused kernels sum deviations from a shift taken from the first piece of each row. Here that piece
+    /// (the top 16 image rows) is 0 and the rest is 1e6 + randn: the shift is 4σ from the mean, the worst a
+    /// first piece of 1/16 of the row can be, and past the kernels' threshold for summing again around μ
+    /// (<see cref="Kernels.GroupNormMath.ShiftWasClose"/>). Measured in y: ours 3e-8 to 1e-7, with or
+    /// without that second pass; libtorch's float32 kernel 3e-8 on NCHW and 4e-3 on channels_last.
+    /// </summary>
+    [Test]
+    public void FirstPieceFarFromTheMeanKeepsFullAccuracy([Values(Layout.Contiguous, Layout.ChannelsLast)] Layout layout)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(46);
+        var x32 = torch.randn(new long[] { 1, 2, 256, 256 }) + 1e6f;
+        x32[TensorIndex.Colon, TensorIndex.Colon, TensorIndex.Slice(0, 16), TensorIndex.Colon] = torch.tensor(0.0f);
+        if (layout == Layout.ChannelsLast) x32 = TestTensors.ToChannelsLast(x32);
+        // The float64 reference sees exactly the float32 values.
+        var x64 = x32.to(ScalarType.Float64);
+
+        using var noGrad = torch.no_grad();
+        var reference = torch.nn.functional.group_norm(x64, 1, null, null, Eps);
+        var ours = Functional.group_norm(x32, 1, null, null, Eps).to(ScalarType.Float64);
+        var native = torch.nn.functional.group_norm(x32, 1, null, null, Eps).to(ScalarType.Float64);
+        double error = TestTensors.RelativeError(ours, reference);
+        double nativeError = TestTensors.RelativeError(native, reference);
+        TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{layout}: float32 y error, ours {error:E2}, native {nativeError:E2}"));
+        Assert.That(error, Is.LessThan(1e-6));
+    }
+
     [Test]
     public void LargeMeanGradientsAreMoreAccurateThanNative([Values] KernelPath path, [Values(41, 42)] int seed)
     {

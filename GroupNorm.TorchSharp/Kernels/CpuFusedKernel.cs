@@ -18,14 +18,15 @@ namespace GroupNormalization.Kernels;
 /// (partial statistics, then output) with a small serial merge between them.
 /// </para>
 /// <para>
-/// Forward: statistics are float64, two-pass over 16 KiB segments (the second pass reads from L1)
-/// merged with Chan's update; then y = ((x − μhi) − μlo)·(r·γ) + β. Backward: per-(n, c) centred sums
-/// A, B in float64, then dx = a·dy + b·(x − μ) + k. Only y or dx is allocated at input size.
+/// Forward: one pass sums deviations from a shift (the mean of the first piece) into float64
+/// (<see cref="GroupNormMath.ShiftedMoments"/>; a second pass only when the shift proves far from μ);
+/// then y = (x − μhi)·(r·γ) + (β − μlo·r·γ). Backward: per-(n, c) centred sums A, B in float64, then
+/// dx = a·dy + b·(x − μ) + k. Only y or dx is allocated at input size.
 /// </para>
 /// </summary>
 internal static unsafe class CpuFusedKernel
 {
-    /// <summary>Two-pass statistics work on segments of this size, so that the second pass hits L1.</summary>
+    /// <summary>An L1-sized piece: the sample whose mean becomes the statistics' shift, and the channels-last tile.</summary>
     private const int SegmentBytes = 16 * 1024;
 
     /// <summary>Below this many elements, waking a second thread costs more than it saves.</summary>
@@ -149,29 +150,45 @@ internal static unsafe class CpuFusedKernel
         public void ForEach(long count, Action<long> body) => KernelThreads.Run(count, Threads, body);
     }
 
-    private static (T Hi, T Lo) SplitMean<T>(double mean) where T : unmanaged
+    /// <summary>
+    /// μ as hi + lo with hi in T (float32: <see cref="GroupNormMath.SplitMean"/>; float64: lo = 0). Loops
+    /// form x − hi, which is exact near the mean, and the caller folds lo into a per-channel constant.
+    /// </summary>
+    private static (T Hi, double Lo) SplitMean<T>(double mean) where T : unmanaged
     {
         if (typeof(T) == typeof(float))
         {
             var (hi, lo) = GroupNormMath.SplitMean(mean);
-            return (CpuFusedLoops.FromDouble<T>(hi), CpuFusedLoops.FromDouble<T>(lo));
+            return (CpuFusedLoops.FromDouble<T>(hi), lo);
         }
-        return (CpuFusedLoops.FromDouble<T>(mean), default);
+        return (CpuFusedLoops.FromDouble<T>(mean), 0);
     }
 
-    /// <summary>Moments of a contiguous span: two passes per segment, segments merged with Chan's update.</summary>
+    /// <summary>The output's per-channel constants: y = (x − μhi)·scale + shift, with shift = β − μlo·scale.</summary>
+    private static (T Scale, T Shift) OutputCoefficients<T>(double rstd, double lo, T* w, T* b, long c)
+        where T : unmanaged
+    {
+        T scale = CpuFusedLoops.FromDouble<T>(w == null ? rstd : rstd * CpuFusedLoops.ToDouble(w[c]));
+        double beta = b == null ? 0 : CpuFusedLoops.ToDouble(b[c]);
+        return (scale, CpuFusedLoops.FromDouble<T>(beta - lo * CpuFusedLoops.ToDouble(scale)));
+    }
+
+    /// <summary>
+    /// Moments of a contiguous span in one pass (see <see cref="GroupNormMath.ShiftedMoments"/>), shifted by
+    /// the mean of its first segment; a second pass only when that shift turns out far from the mean.
+    /// </summary>
     private static Moments SpanMoments<T>(T* p, long length) where T : unmanaged, IFloatingPointIeee754<T>
     {
-        long segment = SegmentBytes / sizeof(T);
-        var total = default(Moments);
-        for (long off = 0; off < length; off += segment)
+        if (length == 0) return default;
+        long first = Math.Min(SegmentBytes / sizeof(T), length);
+        double shift = CpuFusedLoops.RoughSum(p, first) / first;
+        var (dev, sq) = CpuFusedLoops.SumDeviations(p, length, shift);
+        if (!GroupNormMath.ShiftWasClose(length, dev, sq))
         {
-            long n = Math.Min(segment, length - off);
-            double m0 = CpuFusedLoops.RoughSum(p + off, n) / n;
-            var (dev, sq) = CpuFusedLoops.SumDeviations(p + off, n, m0);
-            total.Merge(new Moments(n, m0 + dev / n, sq - dev * dev / n));
+            shift = GroupNormMath.ShiftedMoments(length, shift, dev, sq).Mean;
+            (dev, sq) = CpuFusedLoops.SumDeviations(p, length, shift);
         }
-        return total;
+        return GroupNormMath.ShiftedMoments(length, shift, dev, sq);
     }
 
     /// <summary>Unmanaged scratch memory for one work item, freed on dispose.</summary>
@@ -291,13 +308,13 @@ internal static unsafe class CpuFusedKernel
             T* xr = _x + r * _plan.RowLength, yr = _y + r * _plan.RowLength;
             var (hi, lo) = SplitMean<T>(_mean[r]);
             double rs = _rstd[r];
-            for (long pos = start; pos < end;)
+            // One division per call: with 7x7 planes, a division per channel cost as much as the arithmetic.
+            for (long pos = start, local = start / _s; pos < end; local++)
             {
-                long local = pos / _s, c = g * _d + local;
+                long c = g * _d + local;
                 long stop = Math.Min(end, (local + 1) * _s);
-                T scale = CpuFusedLoops.FromDouble<T>(_w == null ? rs : rs * CpuFusedLoops.ToDouble(_w[c]));
-                T shift = _b == null ? T.Zero : _b[c];
-                CpuFusedLoops.Normalize(xr + pos, yr + pos, stop - pos, hi, lo, scale, shift);
+                var (scale, shift) = OutputCoefficients(rs, lo, _w, _b, c);
+                CpuFusedLoops.Normalize(xr + pos, yr + pos, stop - pos, hi, scale, shift);
                 pos = stop;
             }
         }
@@ -334,62 +351,97 @@ internal static unsafe class CpuFusedKernel
             WriteSample(item / _plan.Blocks, start, end);
         }
 
-        /// <summary>Per-group moments of positions [p0, p1) of sample n, merged into <paramref name="groups"/>.</summary>
+        /// <summary>
+        /// Per-group moments of positions [p0, p1) of sample n, merged into <paramref name="groups"/>, in one
+        /// pass over x (see <see cref="GroupNormMath.ShiftedMoments"/>); the shifts are the groups' means
+        /// over the first piece.
+        /// </summary>
         private void SampleMoments(long n, long p0, long p1, Span<Moments> groups)
         {
             long c = _c;
             T* xs = _x + n * _s * c;
             long pieceRows = PieceRows<T>(c, 1);
-            using var scratch = new Scratch(3 * c * sizeof(double));
-            double* acc = (double*)scratch.Pointer, dev = acc + c, sq = dev + c;
+            using var scratch = new Scratch(3 * c * sizeof(double) + 2 * c * sizeof(T));
+            double* shift = (double*)scratch.Pointer, dev = shift + c, sq = dev + c;
+            T* shiftHi = (T*)(sq + c), shiftLo = shiftHi + c;
 
-            for (long q = p0; q < p1; q += pieceRows)
+            long first = Math.Min(pieceRows, p1 - p0);
+            new Span<double>(shift, (int)c).Clear();
+            CpuFusedLoops.AccumulateColumns(xs + p0 * c, first, c, shift);
+            for (long g = 0; g < _g; g++)
             {
-                long rows = Math.Min(pieceRows, p1 - q);
-                double count = rows * _d;
-
-                new Span<double>(acc, (int)c).Clear();
-                CpuFusedLoops.AccumulateColumns(xs + q * c, rows, c, acc);
-                // acc becomes the per-channel copy of its group's piece mean.
-                for (long g = 0; g < _g; g++)
-                {
-                    double sum = 0;
-                    for (long j = g * _d; j < (g + 1) * _d; j++) sum += acc[j];
-                    double m = sum / count;
-                    for (long j = g * _d; j < (g + 1) * _d; j++) acc[j] = m;
-                }
-
-                new Span<double>(dev, (int)(2 * c)).Clear();
-                CpuFusedLoops.AccumulateColumnDeviations(xs + q * c, rows, c, acc, dev, sq);
-                for (long g = 0; g < _g; g++)
-                {
-                    double sd = 0, ssq = 0;
-                    for (long j = g * _d; j < (g + 1) * _d; j++)
-                    {
-                        sd += dev[j];
-                        ssq += sq[j];
-                    }
-                    groups[(int)g].Merge(new Moments(count, acc[g * _d] + sd / count, ssq - sd * sd / count));
-                }
+                double sum = 0;
+                for (long j = g * _d; j < (g + 1) * _d; j++) sum += shift[j];
+                SetShift(g, sum / (first * _d), shift, shiftHi, shiftLo);
             }
+
+            double count = (p1 - p0) * _d;
+            for (int attempt = 0; ; attempt++)
+            {
+                new Span<double>(dev, (int)(2 * c)).Clear();
+                for (long q = p0; q < p1; q += pieceRows)
+                    CpuFusedLoops.AccumulateColumnDeviations(xs + q * c, Math.Min(pieceRows, p1 - q), c, shiftHi, shiftLo, dev, sq);
+
+                bool again = false;
+                for (long g = 0; g < _g && attempt == 0; g++)
+                {
+                    var (sd, ssq) = GroupSums(g, dev, sq);
+                    var m = GroupNormMath.ShiftedMoments(count, shift[g * _d], sd, ssq);
+                    if (!GroupNormMath.ShiftWasClose(count, sd, ssq))
+                    {
+                        SetShift(g, m.Mean, shift, shiftHi, shiftLo);
+                        again = true;
+                    }
+                }
+                if (again) continue;
+
+                for (long g = 0; g < _g; g++)
+                {
+                    var (sd, ssq) = GroupSums(g, dev, sq);
+                    groups[(int)g].Merge(GroupNormMath.ShiftedMoments(count, shift[g * _d], sd, ssq));
+                }
+                return;
+            }
+        }
+
+        private void SetShift(long g, double value, double* shift, T* hi, T* lo)
+        {
+            var (h, l) = CpuFusedLoops.Split<T>(value);
+            new Span<double>(shift + g * _d, (int)_d).Fill(value);
+            new Span<T>(hi + g * _d, (int)_d).Fill(h);
+            new Span<T>(lo + g * _d, (int)_d).Fill(l);
+        }
+
+        private (double Dev, double SqDev) GroupSums(long g, double* dev, double* sq)
+        {
+            double sd = 0, ssq = 0;
+            for (long j = g * _d; j < (g + 1) * _d; j++)
+            {
+                sd += dev[j];
+                ssq += sq[j];
+            }
+            return (sd, ssq);
         }
 
         private void WriteSample(long n, long p0, long p1)
         {
             long c = _c;
             T* xs = _x + n * _s * c, ys = _y + n * _s * c;
-            using var scratch = new Scratch(4 * c * sizeof(T));
-            T* hi = (T*)scratch.Pointer, lo = hi + c, scale = lo + c, shift = scale + c;
-            for (long j = 0; j < c; j++)
+            using var scratch = new Scratch(3 * c * sizeof(T));
+            T* hi = (T*)scratch.Pointer, scale = hi + c, shift = scale + c;
+            for (long g = 0; g < _g; g++)
             {
-                long ng = n * _g + j / _d;
-                (hi[j], lo[j]) = SplitMean<T>(_mean[ng]);
-                scale[j] = CpuFusedLoops.FromDouble<T>(_w == null ? _rstd[ng] : _rstd[ng] * CpuFusedLoops.ToDouble(_w[j]));
-                shift[j] = _b == null ? T.Zero : _b[j];
+                long ng = n * _g + g;
+                var (h, l) = SplitMean<T>(_mean[ng]);
+                for (long j = g * _d; j < (g + 1) * _d; j++)
+                {
+                    hi[j] = h;
+                    (scale[j], shift[j]) = OutputCoefficients(_rstd[ng], l, _w, _b, j);
+                }
             }
             long pieceRows = PieceRows<T>(c, 2);
             for (long q = p0; q < p1; q += pieceRows)
-                CpuFusedLoops.NormalizeColumns(xs + q * c, ys + q * c, Math.Min(pieceRows, p1 - q), c, hi, lo, scale, shift);
+                CpuFusedLoops.NormalizeColumns(xs + q * c, ys + q * c, Math.Min(pieceRows, p1 - q), c, hi, scale, shift);
         }
     }
 
@@ -470,12 +522,13 @@ internal static unsafe class CpuFusedKernel
         private void ParameterGradients()
         {
             if (_dw == null && _db == null) return;
-            for (long c = 0; c < _c; c++)
+            for (long c = 0, g = 0; c < _c; c++)
             {
+                if (c == (g + 1) * _d) g++;
                 double dw = 0, db = 0;
                 for (long n = 0; n < _n; n++)
                 {
-                    dw += _rstd[n * _g + c / _d] * _sumB[n * _c + c];
+                    dw += _rstd[n * _g + g] * _sumB[n * _c + c];
                     db += _sumA[n * _c + c];
                 }
                 if (_dw != null) _dw[c] = CpuFusedLoops.FromDouble<T>(dw);
@@ -513,9 +566,9 @@ internal static unsafe class CpuFusedKernel
         {
             T* xr = _x + r * _plan.RowLength, gr = _dy + r * _plan.RowLength;
             double mean = _mean[r];
-            for (long pos = start; pos < end;)
+            for (long pos = start, local = start / _s; pos < end; local++)
             {
-                long local = pos / _s, stop = Math.Min(end, (local + 1) * _s);
+                long stop = Math.Min(end, (local + 1) * _s);
                 var (sa, sb) = CpuFusedLoops.GradientSums(xr + pos, gr + pos, stop - pos, mean);
                 a[local] += sa;
                 b[local] += sb;
@@ -534,15 +587,17 @@ internal static unsafe class CpuFusedKernel
                 gammaB += gamma * _sumB[r * _d + j];
             }
             var (bd, kd) = GroupNormMath.InputGradientCoefficients(rs, gammaA, gammaB, _plan.RowLength);
-            T b = CpuFusedLoops.FromDouble<T>(bd), k = CpuFusedLoops.FromDouble<T>(kd);
             var (hi, lo) = SplitMean<T>(_mean[r]);
+            // dx = a·dy + b·(x − μhi) + (k − b·μlo).
+            T b = CpuFusedLoops.FromDouble<T>(bd);
+            T k = CpuFusedLoops.FromDouble<T>(kd - CpuFusedLoops.ToDouble(b) * lo);
 
             T* xr = _x + r * _plan.RowLength, gr = _dy + r * _plan.RowLength, dr = _dx + r * _plan.RowLength;
-            for (long pos = start; pos < end;)
+            for (long pos = start, local = start / _s; pos < end; local++)
             {
-                long local = pos / _s, stop = Math.Min(end, (local + 1) * _s);
+                long stop = Math.Min(end, (local + 1) * _s);
                 T a = CpuFusedLoops.FromDouble<T>(rs * Gamma(g * _d + local));
-                CpuFusedLoops.InputGradient(xr + pos, gr + pos, dr + pos, stop - pos, hi, lo, a, b, k);
+                CpuFusedLoops.InputGradient(xr + pos, gr + pos, dr + pos, stop - pos, hi, a, b, k);
                 pos = stop;
             }
         }
@@ -572,20 +627,25 @@ internal static unsafe class CpuFusedKernel
         private void SampleSums(long n, long p0, long p1, double* a, double* b)
         {
             long c = _c;
-            using var scratch = new Scratch(c * sizeof(double));
-            double* meanPerChannel = (double*)scratch.Pointer;
-            for (long j = 0; j < c; j++) meanPerChannel[j] = _mean[n * _g + j / _d];
+            using var scratch = new Scratch(2 * c * sizeof(T));
+            T* meanHi = (T*)scratch.Pointer, meanLo = meanHi + c;
+            for (long g = 0; g < _g; g++)
+            {
+                var (h, l) = CpuFusedLoops.Split<T>(_mean[n * _g + g]);
+                new Span<T>(meanHi + g * _d, (int)_d).Fill(h);
+                new Span<T>(meanLo + g * _d, (int)_d).Fill(l);
+            }
             T* xs = _x + n * _s * c, gs = _dy + n * _s * c;
             long pieceRows = PieceRows<T>(c, 2);
             for (long q = p0; q < p1; q += pieceRows)
-                CpuFusedLoops.AccumulateGradientColumns(xs + q * c, gs + q * c, Math.Min(pieceRows, p1 - q), c, meanPerChannel, a, b);
+                CpuFusedLoops.AccumulateGradientColumns(xs + q * c, gs + q * c, Math.Min(pieceRows, p1 - q), c, meanHi, meanLo, a, b);
         }
 
         private void SampleInputGradient(long n, long p0, long p1)
         {
             long c = _c;
-            using var scratch = new Scratch(5 * c * sizeof(T));
-            T* hi = (T*)scratch.Pointer, lo = hi + c, a = lo + c, b = a + c, k = b + c;
+            using var scratch = new Scratch(4 * c * sizeof(T));
+            T* hi = (T*)scratch.Pointer, a = hi + c, b = a + c, k = b + c;
             for (long g = 0; g < _g; g++)
             {
                 long ng = n * _g + g;
@@ -597,19 +657,20 @@ internal static unsafe class CpuFusedKernel
                 }
                 var (bd, kd) = GroupNormMath.InputGradientCoefficients(rs, gammaA, gammaB, _d * _s);
                 var (h, l) = SplitMean<T>(_mean[ng]);
+                T bt = CpuFusedLoops.FromDouble<T>(bd);
+                T kt = CpuFusedLoops.FromDouble<T>(kd - CpuFusedLoops.ToDouble(bt) * l);
                 for (long j = g * _d; j < (g + 1) * _d; j++)
                 {
                     hi[j] = h;
-                    lo[j] = l;
                     a[j] = CpuFusedLoops.FromDouble<T>(rs * Gamma(j));
-                    b[j] = CpuFusedLoops.FromDouble<T>(bd);
-                    k[j] = CpuFusedLoops.FromDouble<T>(kd);
+                    b[j] = bt;
+                    k[j] = kt;
                 }
             }
             T* xs = _x + n * _s * c, gs = _dy + n * _s * c, ds = _dx + n * _s * c;
             long pieceRows = PieceRows<T>(c, 3);
             for (long q = p0; q < p1; q += pieceRows)
-                CpuFusedLoops.InputGradientColumns(xs + q * c, gs + q * c, ds + q * c, Math.Min(pieceRows, p1 - q), c, hi, lo, a, b, k);
+                CpuFusedLoops.InputGradientColumns(xs + q * c, gs + q * c, ds + q * c, Math.Min(pieceRows, p1 - q), c, hi, a, b, k);
         }
     }
 }

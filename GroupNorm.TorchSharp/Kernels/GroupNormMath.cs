@@ -39,6 +39,22 @@ internal static class GroupNormMath
     }
 
     /// <summary>
+    /// Moments from sums of deviations d = x − K from any shift K: μ = K + Σd/M, M2 = Σd² − (Σd)²/M.
+    /// Exact algebra for every K; numerically it loses log₁₀(Σd²/M2) digits, so the kernels choose K near
+    /// μ (the mean of a first piece of the data) and check with <see cref="ShiftWasClose"/>.
+    /// </summary>
+    public static Moments ShiftedMoments(double count, double shift, double sumDev, double sumSqDev) =>
+        count == 0 ? default : new Moments(count, shift + sumDev / count, sumSqDev - sumDev * sumDev / count);
+
+    /// <summary>
+    /// Whether K was within √3·σ of μ (Σd² ≤ 4·M2): then at most 0.6 of a digit was lost to cancellation.
+    /// Otherwise (data that drift along the image, so the first piece is not typical) the kernels sum again
+    /// with K = μ.
+    /// </summary>
+    public static bool ShiftWasClose(double count, double sumDev, double sumSqDev) =>
+        count == 0 || sumSqDev <= 4 * (sumSqDev - sumDev * sumDev / count);
+
+    /// <summary>
     /// Splits a float64 mean into a float32 pair whose sum carries ~48 bits, so that float32 kernels can
     /// form x − μ as (x − hi) − lo: x − hi is exact near the mean, and lo restores what rounding μ lost.
     /// </summary>
