@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 
 namespace GroupNormalization.Benchmarks;
 
-/// <summary>glibc's allocator settings, for the peak-memory mode (see <see cref="PeakMemory"/>).</summary>
+/// <summary>glibc's allocator settings: for the peak-memory mode (see <see cref="PeakMemory"/>) and the warm-allocator speed runs.</summary>
 internal static partial class GlibcAllocator
 {
     private const int TrimThreshold = -1;   // M_TRIM_THRESHOLD
@@ -15,6 +15,28 @@ internal static partial class GlibcAllocator
         try
         {
             return mallopt(MmapThreshold, 64 * 1024) == 1 && mallopt(TrimThreshold, 0) == 1;
+        }
+        catch (DllNotFoundException)
+        {
+            return false;
+        }
+        catch (EntryPointNotFoundException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Keeps freed memory in the process: blocks up to 32 MiB (glibc's largest mmap threshold) come from
+    /// the heap, and the heap is trimmed only above 1 GiB free. Outputs then reuse pages already mapped
+    /// instead of faulting fresh ones in, whatever order earlier benchmarks left the heap in; false where
+    /// glibc is absent.
+    /// </summary>
+    public static bool KeepFreedMemory()
+    {
+        try
+        {
+            return mallopt(MmapThreshold, 32 * 1024 * 1024) == 1 && mallopt(TrimThreshold, 1024 * 1024 * 1024) == 1;
         }
         catch (DllNotFoundException)
         {
