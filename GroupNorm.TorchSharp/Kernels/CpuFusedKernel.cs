@@ -133,9 +133,10 @@ internal static unsafe class CpuFusedKernel
 
             int threads = s.Numel < SerialElements ? 1 : Math.Max(1, Math.Min(Environment.ProcessorCount, torch.get_num_threads()));
             int blocks = 1;
-            // Whole rows per thread keep each row in cache between its statistics and its output, but only
-            // pay off when there are enough rows to balance the threads.
-            if (threads > 1 && rows < 4L * threads && rows > 0)
+            // Whole rows per thread keep each row in cache between its statistics and its output, and skip
+            // the split's merge and second round of work items; they only pay off when the rows balance the
+            // threads: many rows, or a multiple of the thread count (2 samples on 2 threads).
+            if (threads > 1 && rows < 4L * threads && rows > 0 && (rows < threads || rows % threads != 0))
             {
                 long want = (4L * threads + rows - 1) / rows;
                 long most = Math.Max(1, Math.Min(rowLength, rowElements / MinBlockElements));

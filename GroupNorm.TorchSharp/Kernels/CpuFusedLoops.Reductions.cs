@@ -98,6 +98,16 @@ internal static unsafe partial class CpuFusedLoops
                 ds += ToDoubleLanes((s0 + s1) + (s2 + s3));
                 dq += ToDoubleLanes((q0 + q1) + (q2 + q3));
             }
+            // Fewer than four vectors left (at most three terms per lane): short planes such as 7×7 end here.
+            Vector<T> st = default, qt = default;
+            for (; i <= n - w; i += w)
+            {
+                var d = (Load(p + i) - vh) - vl;
+                st += d;
+                qt += d * d;
+            }
+            ds += ToDoubleLanes(st);
+            dq += ToDoubleLanes(qt);
             s = Vector.Sum(ds);
             q = Vector.Sum(dq);
         }
@@ -146,6 +156,15 @@ internal static unsafe partial class CpuFusedLoops
                 da += ToDoubleLanes((a0 + a1) + (a2 + a3));
                 db += ToDoubleLanes((b0 + b1) + (b2 + b3));
             }
+            Vector<T> at = default, bt = default;
+            for (; i <= n - w; i += w)
+            {
+                var g = Load(dy + i);
+                at += g;
+                bt += g * ((Load(x + i) - vh) - vl);
+            }
+            da += ToDoubleLanes(at);
+            db += ToDoubleLanes(bt);
             a = Vector.Sum(da);
             b = Vector.Sum(db);
         }
