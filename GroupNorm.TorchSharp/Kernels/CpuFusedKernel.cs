@@ -152,17 +152,21 @@ internal static unsafe class CpuFusedKernel
     }
 
     /// <summary>
-    /// μ as hi + lo with hi in T (float32: <see cref="GroupNormMath.SplitMean"/>; float64: lo = 0). Loops
-    /// form x − hi, which is exact near the mean, and the caller folds lo into a per-channel constant.
+    /// μ split as in <see cref="CpuFusedLoops.Split{T}"/>, with lo handed back in float64: loops form
+    /// x − hi, which is exact near the mean, and the caller folds lo into a per-channel constant.
     /// </summary>
     private static (T Hi, double Lo) SplitMean<T>(double mean) where T : unmanaged
     {
-        if (typeof(T) == typeof(float))
-        {
-            var (hi, lo) = GroupNormMath.SplitMean(mean);
-            return (CpuFusedLoops.FromDouble<T>(hi), lo);
-        }
-        return (CpuFusedLoops.FromDouble<T>(mean), 0);
+        var (hi, lo) = CpuFusedLoops.Split<T>(mean);
+        return (hi, CpuFusedLoops.ToDouble(lo));
+    }
+
+    /// <summary>Writes the split of <paramref name="value"/> into hi[0 .. d) and lo[0 .. d), one group's channels.</summary>
+    private static void FillSplit<T>(double value, T* hi, T* lo, long d) where T : unmanaged
+    {
+        var (h, l) = CpuFusedLoops.Split<T>(value);
+        new Span<T>(hi, (int)d).Fill(h);
+        new Span<T>(lo, (int)d).Fill(l);
     }
 
     /// <summary>The output's per-channel constants: y = (x − μhi)·scale + shift, with shift = β − μlo·scale.</summary>
@@ -377,40 +381,35 @@ internal static unsafe class CpuFusedKernel
             }
 
             double count = (p1 - p0) * _d;
-            for (int attempt = 0; ; attempt++)
+            AccumulateDeviations();
+            bool again = false;
+            for (long g = 0; g < _g; g++)
+            {
+                var (sd, ssq) = GroupSums(g, dev, sq);
+                if (GroupNormMath.ShiftWasClose(count, sd, ssq)) continue;
+                SetShift(g, GroupNormMath.ShiftedMoments(count, shift[g * _d], sd, ssq).Mean, shift, shiftHi, shiftLo);
+                again = true;
+            }
+            if (again) AccumulateDeviations();
+
+            for (long g = 0; g < _g; g++)
+            {
+                var (sd, ssq) = GroupSums(g, dev, sq);
+                groups[(int)g].Merge(GroupNormMath.ShiftedMoments(count, shift[g * _d], sd, ssq));
+            }
+
+            void AccumulateDeviations()
             {
                 new Span<double>(dev, (int)(2 * c)).Clear();
                 for (long q = p0; q < p1; q += pieceRows)
                     CpuFusedLoops.AccumulateColumnDeviations(xs + q * c, Math.Min(pieceRows, p1 - q), c, shiftHi, shiftLo, dev, sq);
-
-                bool again = false;
-                for (long g = 0; g < _g && attempt == 0; g++)
-                {
-                    var (sd, ssq) = GroupSums(g, dev, sq);
-                    var m = GroupNormMath.ShiftedMoments(count, shift[g * _d], sd, ssq);
-                    if (!GroupNormMath.ShiftWasClose(count, sd, ssq))
-                    {
-                        SetShift(g, m.Mean, shift, shiftHi, shiftLo);
-                        again = true;
-                    }
-                }
-                if (again) continue;
-
-                for (long g = 0; g < _g; g++)
-                {
-                    var (sd, ssq) = GroupSums(g, dev, sq);
-                    groups[(int)g].Merge(GroupNormMath.ShiftedMoments(count, shift[g * _d], sd, ssq));
-                }
-                return;
             }
         }
 
         private void SetShift(long g, double value, double* shift, T* hi, T* lo)
         {
-            var (h, l) = CpuFusedLoops.Split<T>(value);
             new Span<double>(shift + g * _d, (int)_d).Fill(value);
-            new Span<T>(hi + g * _d, (int)_d).Fill(h);
-            new Span<T>(lo + g * _d, (int)_d).Fill(l);
+            FillSplit(value, hi + g * _d, lo + g * _d, _d);
         }
 
         private (double Dev, double SqDev) GroupSums(long g, double* dev, double* sq)
@@ -630,12 +629,7 @@ internal static unsafe class CpuFusedKernel
             long c = _c;
             using var scratch = new Scratch(2 * c * sizeof(T));
             T* meanHi = (T*)scratch.Pointer, meanLo = meanHi + c;
-            for (long g = 0; g < _g; g++)
-            {
-                var (h, l) = CpuFusedLoops.Split<T>(_mean[n * _g + g]);
-                new Span<T>(meanHi + g * _d, (int)_d).Fill(h);
-                new Span<T>(meanLo + g * _d, (int)_d).Fill(l);
-            }
+            for (long g = 0; g < _g; g++) FillSplit(_mean[n * _g + g], meanHi + g * _d, meanLo + g * _d, _d);
             T* xs = _x + n * _s * c, gs = _dy + n * _s * c;
             long pieceRows = PieceRows<T>(c, 2);
             for (long q = p0; q < p1; q += pieceRows)

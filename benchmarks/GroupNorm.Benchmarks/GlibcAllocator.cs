@@ -10,21 +10,7 @@ internal static partial class GlibcAllocator
     private const int MmapThreshold = -3;   // M_MMAP_THRESHOLD
 
     /// <summary>Makes every block of 64 KiB or more an mmap of its own and trims the heap eagerly; false where glibc is absent.</summary>
-    public static bool ReturnFreedMemoryAtOnce()
-    {
-        try
-        {
-            return mallopt(MmapThreshold, 64 * 1024) == 1 && mallopt(TrimThreshold, 0) == 1;
-        }
-        catch (DllNotFoundException)
-        {
-            return false;
-        }
-        catch (EntryPointNotFoundException)
-        {
-            return false;
-        }
-    }
+    public static bool ReturnFreedMemoryAtOnce() => TrySet(64 * 1024, 0);
 
     /// <summary>
     /// Keeps freed memory in the process: blocks up to 32 MiB (glibc's largest mmap threshold) come from
@@ -32,11 +18,13 @@ internal static partial class GlibcAllocator
     /// instead of faulting fresh ones in, whatever order earlier benchmarks left the heap in; false where
     /// glibc is absent.
     /// </summary>
-    public static bool KeepFreedMemory()
+    public static bool KeepFreedMemory() => TrySet(32 * 1024 * 1024, 1024 * 1024 * 1024);
+
+    private static bool TrySet(int mmapThreshold, int trimThreshold)
     {
         try
         {
-            return mallopt(MmapThreshold, 32 * 1024 * 1024) == 1 && mallopt(TrimThreshold, 1024 * 1024 * 1024) == 1;
+            return mallopt(MmapThreshold, mmapThreshold) == 1 && mallopt(TrimThreshold, trimThreshold) == 1;
         }
         catch (DllNotFoundException)
         {
