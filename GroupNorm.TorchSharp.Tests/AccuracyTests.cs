@@ -39,7 +39,7 @@ public sealed class AccuracyTests
     /// The fused kernels sum deviations from a shift taken from the first piece of each row. Here that piece
     /// (the top 16 image rows) is 0 and the rest is 1e6 + randn: the shift is 4σ from the mean, the worst a
     /// first piece of 1/16 of the row can be, and past the kernels' threshold for summing again around μ
-    /// (<see cref="Kernels.GroupNormMath.ShiftWasClose"/>). Measured in y: ours 3e-8 to 1e-7, with or
+    /// (<see cref="GroupNormalization.Kernels.GroupNormMath.ShiftWasClose"/>). Measured in y: ours 3e-8 to 1e-7, with or
     /// without that second pass; libtorch's float32 kernel 3e-8 on NCHW and 4e-3 on channels_last.
     /// </summary>
     [Test]

@@ -1,5 +1,6 @@
 using System;
 using System.Globalization;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace GroupNormalization;
@@ -67,40 +68,41 @@ internal static class GroupNormArguments
         if (!IsSupportedFloat(dtype))
             throw new ArgumentException($"group_norm expects a floating-point input (Float16, BFloat16, Float32 or Float64), but got input of dtype {dtype}.", nameof(input));
 
-        var shape = input.shape;
-        if (shape.Length < 2)
-            throw new ArgumentException($"Expected at least 2 dimensions for input tensor but received {shape.Length} (input of shape {ShapeText(shape)}).", nameof(input));
+        // Dimension by dimension: TorchSharp's whole-array `shape` goes through a marshalled callback that
+        // costs more than the rest of this check; the array is built only for error messages.
+        int rank = (int)input.ndim;
+        if (rank < 2)
+            throw new ArgumentException($"Expected at least 2 dimensions for input tensor but received {rank} (input of shape {ShapeText(input.shape)}).", nameof(input));
 
-        long n = shape[0], c = shape[1];
+        long n = input.size(0), c = input.size(1);
         if (num_channels is long expected && c != expected)
-            throw new ArgumentException($"Expected input with {expected} channels (dimension 1), but got input of shape {ShapeText(shape)}.", nameof(input));
+            throw new ArgumentException($"Expected input with {expected} channels (dimension 1), but got input of shape {ShapeText(input.shape)}.", nameof(input));
         if (c % num_groups != 0)
-            throw new ArgumentException($"Expected number of channels in input to be divisible by num_groups, but got input of shape {ShapeText(shape)} and num_groups={num_groups}.", nameof(num_groups));
+            throw new ArgumentException($"Expected number of channels in input to be divisible by num_groups, but got input of shape {ShapeText(input.shape)} and num_groups={num_groups}.", nameof(num_groups));
 
         long s = 1;
-        for (int i = 2; i < shape.Length; i++) s *= shape[i];
+        for (int i = 2; i < rank; i++) s *= input.size(i);
 
-        ValidateParameter(weight, nameof(weight), input, shape);
-        ValidateParameter(bias, nameof(bias), input, shape);
+        ValidateParameter(weight, nameof(weight), input, c);
+        ValidateParameter(bias, nameof(bias), input, c);
 
         return new GroupNormShape(n, c, num_groups, s);
     }
 
-    private static void ValidateParameter(Tensor? p, string name, Tensor input, long[] inputShape)
+    private static void ValidateParameter(Tensor? p, string name, Tensor input, long channels)
     {
         if (p is null) return;
         RequireLive(p, name);
-        var pShape = p.shape;
-        if (pShape.Length != 1 || pShape[0] != inputShape[1])
-            throw new ArgumentException($"Expected {name} to be a vector of size equal to the number of channels in input, but got {name} of shape {ShapeText(pShape)} and input of shape {ShapeText(inputShape)}.", name);
+        if (p.ndim != 1 || p.size(0) != channels)
+            throw new ArgumentException($"Expected {name} to be a vector of size equal to the number of channels in input, but got {name} of shape {ShapeText(p.shape)} and input of shape {ShapeText(input.shape)}.", name);
         if (p.is_sparse)
             throw new ArgumentException($"Expected {name} to be a dense (strided) tensor, but got a sparse tensor.", name);
         if (p.dtype != input.dtype)
             throw new ArgumentException($"Expected {name} to have the same dtype as input ({input.dtype}), but got {name} of dtype {p.dtype}. Convert the module with .to({input.dtype}) or the input with .to({p.dtype}).", name);
-        var pd = p.device;
-        var id = input.device;
-        if (pd.type != id.type || pd.index != id.index)
-            throw new ArgumentException($"Expected {name} to be on the same device as input ({id}), but got {name} on {pd}.", name);
+        var pType = p.device_type;
+        var inputType = input.device_type;
+        if (pType != inputType || (pType != DeviceType.CPU && p.device_index != input.device_index))
+            throw new ArgumentException($"Expected {name} to be on the same device as input ({input.device}), but got {name} on {p.device}.", name);
     }
 
     private static void RequireLive(Tensor t, string name)

@@ -1,3 +1,4 @@
+using System;
 using GroupNormalization.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -20,13 +21,16 @@ internal static class DifferentiableBackward
     // mean and variance exact in float32 when |μ| ≫ σ (x − μ_saved is exact near μ), and the shift
     // cancels in every derivative.
     public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Compute(
-        Tensor dy, Tensor x, Tensor? weight, Tensor savedMean, GroupNormShape s, double eps, GradientRequest need)
+        Tensor dy, Tensor x, Tensor? weight, Statistics saved, GroupNormShape s, double eps, GradientRequest need)
     {
         using var scope = torch.NewDisposeScope();
         var opmath = DeviceGenericKernel.OpMathType(x.dtype);
         var groupDims = new long[] { 2, 3 };
 
-        var shift = savedMean.detach().to(opmath).view(s.N, s.G, 1, 1);
+        var savedMean = saved.Host is { } host
+            ? torch.tensor(host.AsSpan(0, (int)s.Rows).ToArray(), ScalarType.Float64, x.device)
+            : saved.Mean!.detach();
+        var shift = savedMean.to(opmath).view(s.N, s.G, 1, 1);
         var xs = x.reshape(s.N, s.G, s.D, s.S).to(opmath) - shift;
         var dys = dy.reshape(s.N, s.G, s.D, s.S).to(opmath);
         var centred = xs - xs.mean(groupDims, keepdim: true);

@@ -9,9 +9,10 @@ namespace GroupNormalization.Autograd;
 /// <summary>
 /// GroupNorm as a TorchSharp autograd Function with a hand-written backward.
 /// <para>
-/// Forward runs the selected kernel and saves only x, γ, and the per-(n, g) μ and r (float64 on the
-/// fused CPU path). Backward computes only the gradients whose inputs require them, with the same kernel
-/// family; when autograd is recording the backward (create_graph) it switches to
+/// Forward runs the selected kernel and saves x and γ; the per-(n, g) μ and r travel in the context as a
+/// managed float64 array on the fused CPU path, and as two more saved tensors on the device-generic one
+/// (see <see cref="Statistics"/>). Backward computes only the gradients whose inputs require them, with the
+/// same kernel family; when autograd is recording the backward (create_graph) it switches to
 /// <see cref="DifferentiableBackward"/> so that second derivatives are right.
 /// </para>
 /// <para>
@@ -28,7 +29,27 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
     private const string SettingsKey = "settings";
 
     /// <summary>What forward decided and backward needs, besides the saved tensors.</summary>
-    private sealed record Settings(GroupNormShape Shape, double Eps, KernelKind Kernel, GradientRequest Need);
+    private sealed class Settings
+    {
+        public Settings(GroupNormShape shape, double eps, KernelKind kernel, GradientRequest need)
+        {
+            Shape = shape;
+            Eps = eps;
+            Kernel = kernel;
+            Need = need;
+        }
+
+        public GroupNormShape Shape { get; }
+
+        public double Eps { get; }
+
+        public KernelKind Kernel { get; }
+
+        public GradientRequest Need { get; }
+
+        /// <summary>Set by forward: the fused path's statistics (the generic path's are saved tensors).</summary>
+        public double[]? HostStatistics { get; set; }
+    }
 
     // TorchSharp wraps forward's outputs in new handles and saves tensors after forward returns, so the
     // handles forward made must outlive it; they are released as soon as apply returns, together with
@@ -76,8 +97,11 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         var bias = vars[2] as Tensor;
         var settings = (Settings)vars[3];
 
-        var (y, mean, rstd) = KernelSelector.Forward(settings.Kernel, x, weight, bias, settings.Shape, settings.Eps);
-        ctx.save_for_backward(new List<Tensor> { x, weight!, mean, rstd });
+        var (y, statistics) = KernelSelector.Forward(settings.Kernel, x, weight, bias, settings.Shape, settings.Eps);
+        settings.HostStatistics = statistics.Host;
+        ctx.save_for_backward(statistics.Host is null
+            ? new List<Tensor> { x, weight!, statistics.Mean!, statistics.Rstd! }
+            : new List<Tensor> { x, weight! });
         ctx.save_data(SettingsKey, settings);
         // An undefined incoming gradient reaches backward as an invalid tensor instead of a zero tensor
         // built from TorchSharp's output cache, which OutputCacheRelease frees.
@@ -86,8 +110,8 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
 
         var release = t_releaseAfterApply!;
         release.Add(y);
-        release.Add(mean);
-        release.Add(rstd);
+        if (statistics.Mean is not null) release.Add(statistics.Mean);
+        if (statistics.Rstd is not null) release.Add(statistics.Rstd);
         return y;
     }
 
@@ -120,12 +144,15 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         using (var scope = torch.NewDisposeScope())
         {
             var saved = ctx.get_saved_variables();
-            Tensor x = saved[0], mean = saved[2], rstd = saved[3];
+            Tensor x = saved[0];
             Tensor? weight = saved[1];
+            var statistics = settings.HostStatistics is { } host
+                ? new Statistics(host, null, null)
+                : new Statistics(null, saved[2], saved[3]);
 
             (dx, dweight, dbias) = torch.is_grad_enabled()
-                ? DifferentiableBackward.Compute(gradOutput, x, weight, mean, settings.Shape, settings.Eps, need)
-                : KernelSelector.Backward(settings.Kernel, gradOutput, x, mean, rstd, weight, settings.Shape, need);
+                ? DifferentiableBackward.Compute(gradOutput, x, weight, statistics, settings.Shape, settings.Eps, need)
+                : KernelSelector.Backward(settings.Kernel, gradOutput, x, statistics, weight, settings.Shape, need);
 
             // Hand the results to the caller's scope (or none); everything else made here is released.
             dx?.MoveToOuterDisposeScope();

@@ -1,7 +1,7 @@
 using System;
-using System.Buffers;
 using System.Numerics;
 using System.Runtime.InteropServices;
+using GroupNormalization.Kernels.Threading;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -41,27 +41,14 @@ internal static unsafe class CpuFusedKernel
     public static bool Supports(Tensor x) =>
         x.device_type == DeviceType.CPU && x.dtype is ScalarType.Float32 or ScalarType.Float64;
 
-    public static (Tensor Y, Tensor Mean, Tensor Rstd) Forward(Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
+    /// <summary>
+    /// y for a validated input; the per-(n, g) statistics go to caller-owned memory, <paramref name="mean"/>
+    /// and <paramref name="rstd"/> of <see cref="GroupNormShape.Rows"/> entries each (scratch memory for
+    /// inference, the autograd context's array when backward will need them).
+    /// </summary>
+    public static Tensor Forward(Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps, double* mean, double* rstd)
     {
-        var mean = torch.empty(new[] { shape.N, shape.G }, ScalarType.Float64, torch.CPU);
-        var rstd = torch.empty(new[] { shape.N, shape.G }, ScalarType.Float64, torch.CPU);
-        var y = Run(x, weight, bias, shape, eps, TensorMemory.Pointer<double>(mean), TensorMemory.Pointer<double>(rstd));
-        GC.KeepAlive(mean);
-        GC.KeepAlive(rstd);
-        return (y, mean, rstd);
-    }
-
-    /// <summary>Forward without a graph: the statistics live in scratch memory instead of two tensors.</summary>
-    public static Tensor Infer(Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
-    {
-        using var scratch = new Scratch(2 * shape.Rows * sizeof(double));
-        double* mean = (double*)scratch.Pointer;
-        return Run(x, weight, bias, shape, eps, mean, mean + shape.Rows);
-    }
-
-    private static Tensor Run(Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps, double* mean, double* rstd)
-    {
-        var layout = TensorMemory.DenseLayout(x.shape, x.stride());
+        var layout = TensorMemory.DenseLayout(x);
         using var denseCopy = layout is null ? x.contiguous() : null;
         var src = denseCopy ?? x;
         // Parameters are almost always contiguous already; asking is cheaper than a new handle per call.
@@ -72,9 +59,9 @@ internal static unsafe class CpuFusedKernel
             var y = torch.empty_like(src);
             var plan = Plan.For(shape, layout ?? ChannelLayout.ChannelsFirst);
             if (src.dtype == ScalarType.Float32)
-                new ForwardJob<float>(src, y, w, b, mean, rstd, shape, eps, plan).Run();
+                ForwardJob<float>.Run(new ForwardJob<float>(src, y, w, b, mean, rstd, shape, eps, plan));
             else
-                new ForwardJob<double>(src, y, w, b, mean, rstd, shape, eps, plan).Run();
+                ForwardJob<double>.Run(new ForwardJob<double>(src, y, w, b, mean, rstd, shape, eps, plan));
             GC.KeepAlive(src);
             GC.KeepAlive(w);
             GC.KeepAlive(b);
@@ -87,15 +74,17 @@ internal static unsafe class CpuFusedKernel
         }
     }
 
+    /// <summary>The gradients <paramref name="need"/> asks for, from forward's statistics.</summary>
     public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
-        Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor? weight, GroupNormShape shape, GradientRequest need)
+        Tensor dy, Tensor x, double* mean, double* rstd, Tensor? weight, GroupNormShape shape, GradientRequest need)
     {
-        var layout = TensorMemory.DenseLayout(x.shape, x.stride()) ?? ChannelLayout.ChannelsFirst;
-        using var xd = TensorMemory.ToLayout(x, layout);
-        using var dyd = TensorMemory.ToLayout(dy, layout);
+        var xLayout = TensorMemory.DenseLayout(x);
+        var layout = xLayout ?? ChannelLayout.ChannelsFirst;
+        using var xCopy = xLayout is null ? TensorMemory.ToLayout(x, layout) : null;
+        using var dyCopy = TensorMemory.CopyUnlessIn(dy, layout);
+        var xd = xCopy ?? x;
+        var dyd = dyCopy ?? dy;
         var w = TensorMemory.ContiguousOrSelf(weight);
-        var meanD = TensorMemory.ContiguousOrSelf(mean)!;
-        var rstdD = TensorMemory.ContiguousOrSelf(rstd)!;
 
         var dx = need.Input ? torch.empty_like(xd) : null;
         var dweight = need.Weight ? torch.empty(shape.C, x.dtype, torch.CPU) : null;
@@ -103,18 +92,14 @@ internal static unsafe class CpuFusedKernel
 
         var plan = Plan.For(shape, layout);
         if (x.dtype == ScalarType.Float32)
-            new BackwardJob<float>(xd, dyd, dx, w, meanD, rstdD, dweight, dbias, shape, plan).Run();
+            BackwardJob<float>.Run(new BackwardJob<float>(xd, dyd, dx, w, mean, rstd, dweight, dbias, shape, plan));
         else
-            new BackwardJob<double>(xd, dyd, dx, w, meanD, rstdD, dweight, dbias, shape, plan).Run();
+            BackwardJob<double>.Run(new BackwardJob<double>(xd, dyd, dx, w, mean, rstd, dweight, dbias, shape, plan));
 
         GC.KeepAlive(xd);
         GC.KeepAlive(dyd);
         GC.KeepAlive(w);
-        GC.KeepAlive(meanD);
-        GC.KeepAlive(rstdD);
         if (!ReferenceEquals(w, weight)) w?.Dispose();
-        if (!ReferenceEquals(meanD, mean)) meanD.Dispose();
-        if (!ReferenceEquals(rstdD, rstd)) rstdD.Dispose();
         return (dx, dweight, dbias);
     }
 
@@ -131,7 +116,8 @@ internal static unsafe class CpuFusedKernel
             long rowLength = layout == ChannelLayout.ChannelsFirst ? s.GroupSize : s.S;
             long rowElements = layout == ChannelLayout.ChannelsFirst ? s.GroupSize : s.S * s.C;
 
-            int threads = s.Numel < SerialElements ? 1 : Math.Max(1, Math.Min(Environment.ProcessorCount, torch.get_num_threads()));
+            // libtorch's own thread count, so that torch.set_num_threads applies to these kernels too.
+            int threads = s.Numel < SerialElements ? 1 : Math.Max(1, torch.get_num_threads());
             int blocks = 1;
             // Whole rows per thread keep each row in cache between its statistics and its output, and skip
             // the split's merge and second round of work items; they only pay off when the rows balance the
@@ -148,7 +134,8 @@ internal static unsafe class CpuFusedKernel
         public (long Start, long End) BlockRange(long block) =>
             (RowLength * block / Blocks, RowLength * (block + 1) / Blocks);
 
-        public void ForEach(long count, Action<long> body) => KernelThreads.Run(count, Threads, body);
+        /// <summary>Runs <paramref name="body"/> over items [0, count) of the job at <paramref name="job"/>, in parallel.</summary>
+        public void ForEach(long count, delegate*<void*, long, long, void> body, void* job) => ParallelFor.Run(count, Threads, body, job);
     }
 
     /// <summary>
@@ -219,14 +206,17 @@ internal static unsafe class CpuFusedKernel
 
     // ---- forward -----------------------------------------------------------------------------------
 
-    private sealed class ForwardJob<T> where T : unmanaged, IFloatingPointIeee754<T>
+    // Jobs are unmanaged structs on the caller's stack, and their parallel bodies static functions of
+    // (job, start, end): a kernel call allocates nothing on the managed heap.
+
+    private struct ForwardJob<T> where T : unmanaged, IFloatingPointIeee754<T>
     {
         private readonly T* _x, _y, _w, _b;
         private readonly double* _mean, _rstd;
         private readonly long _c, _g, _d, _s;
         private readonly double _eps;
         private readonly Plan _plan;
-        private Moments[]? _partial;
+        private Moments* _partial;
 
         public ForwardJob(Tensor x, Tensor y, Tensor? w, Tensor? b, double* mean, double* rstd, GroupNormShape s, double eps, Plan plan)
         {
@@ -241,29 +231,55 @@ internal static unsafe class CpuFusedKernel
             _plan = plan;
         }
 
-        private bool ChannelsFirst => _plan.Layout == ChannelLayout.ChannelsFirst;
+        private readonly bool ChannelsFirst => _plan.Layout == ChannelLayout.ChannelsFirst;
 
-        public void Run()
+        public static void Run(ForwardJob<T> job)
         {
-            if (_plan.Blocks == 1)
+            var plan = job._plan;
+            bool first = job.ChannelsFirst;
+            if (plan.Blocks == 1)
             {
-                _plan.ForEach(_plan.Rows, ChannelsFirst ? FusedGroup : FusedSample);
+                plan.ForEach(plan.Rows, first ? &FusedGroups : &FusedSamples, &job);
                 return;
             }
 
             // Per-block statistics: one Moments per block (channels-first) or per block and group (channels-last).
-            long perItem = ChannelsFirst ? 1 : _g;
-            _partial = ArrayPool<Moments>.Shared.Rent((int)(_plan.Items * perItem));
-            try
-            {
-                _plan.ForEach(_plan.Items, ChannelsFirst ? GroupBlockMoments : SampleBlockMoments);
-                MergeBlocks(perItem);
-                _plan.ForEach(_plan.Items, ChannelsFirst ? GroupBlockOutput : SampleBlockOutput);
-            }
-            finally
-            {
-                ArrayPool<Moments>.Shared.Return(_partial);
-            }
+            long perItem = first ? 1 : job._g;
+            using var partial = new Scratch(plan.Items * perItem * sizeof(Moments));
+            job._partial = (Moments*)partial.Pointer;
+            plan.ForEach(plan.Items, first ? &GroupBlockMoments : &SampleBlockMoments, &job);
+            job.MergeBlocks(perItem);
+            plan.ForEach(plan.Items, first ? &GroupBlockOutput : &SampleBlockOutput, &job);
+        }
+
+        private static void FusedGroups(void* job, long start, long end)
+        {
+            for (long r = start; r < end; r++) ((ForwardJob<T>*)job)->FusedGroup(r);
+        }
+
+        private static void FusedSamples(void* job, long start, long end)
+        {
+            for (long n = start; n < end; n++) ((ForwardJob<T>*)job)->FusedSample(n);
+        }
+
+        private static void GroupBlockMoments(void* job, long start, long end)
+        {
+            for (long item = start; item < end; item++) ((ForwardJob<T>*)job)->GroupBlockMoments(item);
+        }
+
+        private static void GroupBlockOutput(void* job, long start, long end)
+        {
+            for (long item = start; item < end; item++) ((ForwardJob<T>*)job)->GroupBlockOutput(item);
+        }
+
+        private static void SampleBlockMoments(void* job, long start, long end)
+        {
+            for (long item = start; item < end; item++) ((ForwardJob<T>*)job)->SampleBlockMoments(item);
+        }
+
+        private static void SampleBlockOutput(void* job, long start, long end)
+        {
+            for (long item = start; item < end; item++) ((ForwardJob<T>*)job)->SampleBlockOutput(item);
         }
 
         private void MergeBlocks(long perItem)
@@ -274,7 +290,7 @@ internal static unsafe class CpuFusedKernel
                 {
                     var m = default(Moments);
                     for (long k = 0; k < _plan.Blocks; k++)
-                        m.Merge(_partial![(row * _plan.Blocks + k) * perItem + j]);
+                        m.Merge(_partial[(row * _plan.Blocks + k) * perItem + j]);
                     SetStatistics(row * perItem + j, m);
                 }
             }
@@ -298,7 +314,7 @@ internal static unsafe class CpuFusedKernel
         {
             long r = item / _plan.Blocks;
             var (start, end) = _plan.BlockRange(item % _plan.Blocks);
-            _partial![item] = SpanMoments(_x + r * _plan.RowLength + start, end - start);
+            _partial[item] = SpanMoments(_x + r * _plan.RowLength + start, end - start);
         }
 
         private void GroupBlockOutput(long item)
@@ -328,16 +344,12 @@ internal static unsafe class CpuFusedKernel
 
         private void FusedSample(long n)
         {
-            var groups = ArrayPool<Moments>.Shared.Rent((int)_g);
-            try
+            using (var scratch = new Scratch(_g * sizeof(Moments)))
             {
-                Array.Clear(groups, 0, (int)_g);
+                var groups = new Span<Moments>(scratch.Pointer, (int)_g);
+                groups.Clear();
                 SampleMoments(n, 0, _s, groups);
-                for (long g = 0; g < _g; g++) SetStatistics(n * _g + g, groups[g]);
-            }
-            finally
-            {
-                ArrayPool<Moments>.Shared.Return(groups);
+                for (long g = 0; g < _g; g++) SetStatistics(n * _g + g, groups[(int)g]);
             }
             WriteSample(n, 0, _s);
         }
@@ -345,7 +357,7 @@ internal static unsafe class CpuFusedKernel
         private void SampleBlockMoments(long item)
         {
             var (start, end) = _plan.BlockRange(item % _plan.Blocks);
-            var slice = new Span<Moments>(_partial, (int)(item * _g), (int)_g);
+            var slice = new Span<Moments>(_partial + item * _g, (int)_g);
             slice.Clear();
             SampleMoments(item / _plan.Blocks, start, end, slice);
         }
@@ -447,7 +459,7 @@ internal static unsafe class CpuFusedKernel
 
     // ---- backward ----------------------------------------------------------------------------------
 
-    private sealed class BackwardJob<T> where T : unmanaged, IFloatingPointIeee754<T>
+    private struct BackwardJob<T> where T : unmanaged, IFloatingPointIeee754<T>
     {
         private readonly T* _x, _dy, _dx, _w, _dw, _db;
         private readonly double* _mean, _rstd;
@@ -457,7 +469,7 @@ internal static unsafe class CpuFusedKernel
         // Per-(n, c) sums A = Σ dy and B = Σ dy·(x − μ); per-block partial sums when rows are split.
         private double* _sumA, _sumB, _partA, _partB;
 
-        public BackwardJob(Tensor x, Tensor dy, Tensor? dx, Tensor? w, Tensor mean, Tensor rstd, Tensor? dw, Tensor? db, GroupNormShape s, Plan plan)
+        public BackwardJob(Tensor x, Tensor dy, Tensor? dx, Tensor? w, double* mean, double* rstd, Tensor? dw, Tensor? db, GroupNormShape s, Plan plan)
         {
             _x = TensorMemory.Pointer<T>(x);
             _dy = TensorMemory.Pointer<T>(dy);
@@ -465,38 +477,70 @@ internal static unsafe class CpuFusedKernel
             _w = PointerOrNull<T>(w);
             _dw = PointerOrNull<T>(dw);
             _db = PointerOrNull<T>(db);
-            _mean = TensorMemory.Pointer<double>(mean);
-            _rstd = TensorMemory.Pointer<double>(rstd);
+            _mean = mean;
+            _rstd = rstd;
             (_n, _c, _g, _d, _s) = (s.N, s.C, s.G, s.D, s.S);
             _plan = plan;
         }
 
-        private bool ChannelsFirst => _plan.Layout == ChannelLayout.ChannelsFirst;
+        private readonly bool ChannelsFirst => _plan.Layout == ChannelLayout.ChannelsFirst;
 
-        public void Run()
+        public static void Run(BackwardJob<T> job)
         {
-            long nc = _n * _c;
+            var plan = job._plan;
+            bool first = job.ChannelsFirst;
+            long nc = job._n * job._c;
             // Channels-first blocks hold sums for the D channels of their group; channels-last blocks for all C.
-            long perItem = ChannelsFirst ? _d : _c;
-            long partial = _plan.Blocks == 1 ? 0 : _plan.Items * perItem;
+            long perItem = first ? job._d : job._c;
+            long partial = plan.Blocks == 1 ? 0 : plan.Items * perItem;
             using var scratch = new Scratch((2 * nc + 2 * partial) * sizeof(double));
-            _sumA = (double*)scratch.Pointer;
-            _sumB = _sumA + nc;
-            _partA = _sumB + nc;
-            _partB = _partA + partial;
+            job._sumA = (double*)scratch.Pointer;
+            job._sumB = job._sumA + nc;
+            job._partA = job._sumB + nc;
+            job._partB = job._partA + partial;
 
-            if (_plan.Blocks == 1)
+            if (plan.Blocks == 1)
             {
-                _plan.ForEach(_plan.Rows, ChannelsFirst ? FusedGroup : FusedSample);
+                plan.ForEach(plan.Rows, first ? &FusedGroups : &FusedSamples, &job);
             }
             else
             {
-                new Span<double>(_partA, (int)(2 * partial)).Clear();
-                _plan.ForEach(_plan.Items, ChannelsFirst ? GroupBlockSums : SampleBlockSums);
-                MergeBlocks(perItem);
-                if (_dx != null) _plan.ForEach(_plan.Items, ChannelsFirst ? GroupBlockInputGradient : SampleBlockInputGradient);
+                new Span<double>(job._partA, (int)(2 * partial)).Clear();
+                plan.ForEach(plan.Items, first ? &GroupBlockSums : &SampleBlockSums, &job);
+                job.MergeBlocks(perItem);
+                if (job._dx != null) plan.ForEach(plan.Items, first ? &GroupBlockInputGradient : &SampleBlockInputGradient, &job);
             }
-            ParameterGradients();
+            job.ParameterGradients();
+        }
+
+        private static void FusedGroups(void* job, long start, long end)
+        {
+            for (long r = start; r < end; r++) ((BackwardJob<T>*)job)->FusedGroup(r);
+        }
+
+        private static void FusedSamples(void* job, long start, long end)
+        {
+            for (long n = start; n < end; n++) ((BackwardJob<T>*)job)->FusedSample(n);
+        }
+
+        private static void GroupBlockSums(void* job, long start, long end)
+        {
+            for (long item = start; item < end; item++) ((BackwardJob<T>*)job)->GroupBlockSums(item);
+        }
+
+        private static void GroupBlockInputGradient(void* job, long start, long end)
+        {
+            for (long item = start; item < end; item++) ((BackwardJob<T>*)job)->GroupBlockInputGradient(item);
+        }
+
+        private static void SampleBlockSums(void* job, long start, long end)
+        {
+            for (long item = start; item < end; item++) ((BackwardJob<T>*)job)->SampleBlockSums(item);
+        }
+
+        private static void SampleBlockInputGradient(void* job, long start, long end)
+        {
+            for (long item = start; item < end; item++) ((BackwardJob<T>*)job)->SampleBlockInputGradient(item);
         }
 
         private void MergeBlocks(long perItem)

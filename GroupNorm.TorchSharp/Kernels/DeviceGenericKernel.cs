@@ -101,8 +101,7 @@ internal static class DeviceGenericKernel
     private static Tensor MatchLayout(Tensor grad, Tensor like)
     {
         if (like.ndim < 3) return grad;
-        var layout = TensorMemory.DenseLayout(like.shape, like.stride());
-        return layout == ChannelLayout.ChannelsLast && TensorMemory.DenseLayout(grad.shape, grad.stride()) != ChannelLayout.ChannelsLast
+        return TensorMemory.DenseLayout(like) == ChannelLayout.ChannelsLast && TensorMemory.DenseLayout(grad) != ChannelLayout.ChannelsLast
             ? TensorMemory.ToLayout(grad, ChannelLayout.ChannelsLast)
             : grad;
     }

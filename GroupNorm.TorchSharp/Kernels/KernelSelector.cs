@@ -1,4 +1,5 @@
 using System;
+using System.Runtime.InteropServices;
 using static TorchSharp.torch;
 
 namespace GroupNormalization.Kernels;
@@ -14,11 +15,22 @@ internal enum KernelKind
 }
 
 /// <summary>
+/// The per-(n, g) μ and r = 1/√(σ² + ε) that forward leaves for backward. The fused kernels keep them in
+/// a managed float64 array (μ in the first <see cref="GroupNormShape.Rows"/> entries, r in the next): no
+/// tensor handles to create, save, unpack and release, which is most of what a small call costs. The
+/// device-generic kernel keeps them as tensors on the input's device.
+/// </summary>
+internal readonly record struct Statistics(double[]? Host, Tensor? Mean, Tensor? Rstd);
+
+/// <summary>
 /// Picks the kernel for an input. Tests and benchmarks can pin the device-generic path on the current
 /// thread to compare both families on the same inputs.
 /// </summary>
-internal static class KernelSelector
+internal static unsafe class KernelSelector
 {
+    /// <summary>Up to this many rows, inference keeps its statistics on the stack.</summary>
+    private const int StackRows = 256;
+
     [ThreadStatic]
     private static KernelKind? t_forced;
 
@@ -28,26 +40,54 @@ internal static class KernelSelector
     /// <summary>Forces <paramref name="kind"/> on this thread until the returned scope is disposed.</summary>
     public static IDisposable Force(KernelKind kind) => new ForcedScope(kind);
 
-    public static (Tensor Y, Tensor Mean, Tensor Rstd) Forward(KernelKind kind, Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps) =>
-        kind == KernelKind.CpuFused
-            ? CpuFusedKernel.Forward(x, weight, bias, shape, eps)
-            : DeviceGenericKernel.Forward(x, weight, bias, shape, eps);
+    /// <summary>Forward for backward's sake: y, and the statistics backward will read.</summary>
+    public static (Tensor Y, Statistics Statistics) Forward(KernelKind kind, Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
+    {
+        if (kind == KernelKind.DeviceGeneric)
+        {
+            var (y, mean, rstd) = DeviceGenericKernel.Forward(x, weight, bias, shape, eps);
+            return (y, new Statistics(null, mean, rstd));
+        }
+        var host = new double[2 * shape.Rows];
+        fixed (double* s = host)
+            return (CpuFusedKernel.Forward(x, weight, bias, shape, eps, s, s + shape.Rows), new Statistics(host, null, null));
+    }
 
-    /// <summary>Forward when no graph is recorded: only y is returned (the fused path keeps no statistics tensors).</summary>
+    /// <summary>Forward when no graph is recorded: only y; the fused path keeps its statistics in scratch memory.</summary>
     public static Tensor Infer(KernelKind kind, Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
     {
-        if (kind == KernelKind.CpuFused) return CpuFusedKernel.Infer(x, weight, bias, shape, eps);
-        var (y, mean, rstd) = DeviceGenericKernel.Forward(x, weight, bias, shape, eps);
-        mean.Dispose();
-        rstd.Dispose();
-        return y;
+        if (kind == KernelKind.DeviceGeneric)
+        {
+            var (y, mean, rstd) = DeviceGenericKernel.Forward(x, weight, bias, shape, eps);
+            mean.Dispose();
+            rstd.Dispose();
+            return y;
+        }
+        long rows = shape.Rows;
+        if (rows <= StackRows)
+        {
+            double* s = stackalloc double[(int)(2 * rows)];
+            return CpuFusedKernel.Forward(x, weight, bias, shape, eps, s, s + rows);
+        }
+        double* heap = (double*)NativeMemory.Alloc((nuint)(2 * rows), sizeof(double));
+        try
+        {
+            return CpuFusedKernel.Forward(x, weight, bias, shape, eps, heap, heap + rows);
+        }
+        finally
+        {
+            NativeMemory.Free(heap);
+        }
     }
 
     public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
-        KernelKind kind, Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor? weight, GroupNormShape shape, GradientRequest need) =>
-        kind == KernelKind.CpuFused
-            ? CpuFusedKernel.Backward(dy, x, mean, rstd, weight, shape, need)
-            : DeviceGenericKernel.Backward(dy, x, mean, rstd, weight, shape, need);
+        KernelKind kind, Tensor dy, Tensor x, Statistics statistics, Tensor? weight, GroupNormShape shape, GradientRequest need)
+    {
+        if (kind == KernelKind.DeviceGeneric)
+            return DeviceGenericKernel.Backward(dy, x, statistics.Mean!, statistics.Rstd!, weight, shape, need);
+        fixed (double* s = statistics.Host)
+            return CpuFusedKernel.Backward(dy, x, s, s + shape.Rows, weight, shape, need);
+    }
 
     private sealed class ForcedScope : IDisposable
     {

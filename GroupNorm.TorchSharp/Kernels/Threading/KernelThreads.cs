@@ -1,0 +1,108 @@
+using System;
+using System.Diagnostics;
+using System.Threading;
+
+namespace GroupNormalization.Kernels.Threading;
+
+/// <summary>
+/// The fallback when libtorch's OpenMP runtime cannot be shared (<see cref="OpenMpTeam"/>): the calling
+/// thread plus dedicated worker threads of our own.
+/// <para>
+/// Why not <see cref="System.Threading.Tasks.Parallel"/>: waking .NET thread-pool threads costs tens of
+/// microseconds, as long as a whole GroupNorm on a 160K-element tensor. These workers spin for
+/// <see cref="SpinMicroseconds"/> after a job (back-to-back layers find them awake), then sleep.
+/// </para>
+/// <para>
+/// Inside a network this pool competes for cores with libtorch's OpenMP threads, which keep spinning
+/// after each op; that is why OpenMP is preferred. Items are claimed (<see cref="ParallelJob"/>), so a
+/// worker that wakes late finds nothing left and the worst case is the caller doing everything alone.
+/// </para>
+/// <para>
+/// Each job lives in its own heap object and workers take jobs from a one-slot mailbox, so concurrent
+/// callers need no lock: a job a worker never picks up is finished by its own caller, and a worker that
+/// picks one up after its caller returned finds every item claimed and touches nothing else.
+/// </para>
+/// </summary>
+internal static unsafe class KernelThreads
+{
+    private const int SpinMicroseconds = 30;
+    private static readonly long SpinTicks = Stopwatch.Frequency * SpinMicroseconds / 1_000_000;
+
+    private static readonly Lazy<Worker[]> Workers = new(StartWorkers, LazyThreadSafetyMode.ExecutionAndPublication);
+
+    /// <summary>The most threads a job can use: the workers and the caller.</summary>
+    public static int MaxThreads => Math.Clamp(Environment.ProcessorCount, 2, 256);
+
+    /// <summary>Runs <paramref name="body"/> over [0, <paramref name="count"/>) on up to <paramref name="threads"/> threads.</summary>
+    public static void Run(long count, int threads, delegate*<void*, long, long, void> body, void* state)
+    {
+        var workers = Workers.Value;
+        threads = (int)Math.Min(Math.Min(threads, workers.Length + 1), count);
+        var job = new Job(new ParallelJob(count, threads, body, state));
+        for (int w = 0; w < threads - 1; w++) workers[w].Post(job);
+        job.Items.Work();
+        var spin = new SpinWait();
+        while (!job.Items.Finished) spin.SpinOnce(sleep1Threshold: -1);
+        job.Items.ThrowIfFailed();
+    }
+
+    private static Worker[] StartWorkers()
+    {
+        var workers = new Worker[MaxThreads - 1];
+        for (int i = 0; i < workers.Length; i++) workers[i] = new Worker(i + 1);
+        return workers;
+    }
+
+    /// <summary>A job on the heap: workers may still look at it after its caller has returned.</summary>
+    private sealed class Job
+    {
+        public ParallelJob Items;
+
+        public Job(ParallelJob items) => Items = items;
+    }
+
+    // Workers live as long as the process, so their wake event is never disposed.
+#pragma warning disable CA1001
+    private sealed class Worker
+#pragma warning restore CA1001
+    {
+        private readonly ManualResetEventSlim _wake = new(false, 0);
+        private Job? _mailbox;
+
+        public Worker(int index)
+        {
+            var thread = new Thread(Loop) { IsBackground = true, Name = $"GroupNorm kernel worker {index}" };
+            thread.Start();
+        }
+
+        /// <summary>Offers a job; a newer offer replaces one not yet taken (its caller finishes it anyway).</summary>
+        public void Post(Job job)
+        {
+            Volatile.Write(ref _mailbox, job);
+            _wake.Set();
+        }
+
+        private void Loop()
+        {
+            while (true)
+            {
+                long deadline = Stopwatch.GetTimestamp() + SpinTicks;
+                var spin = new SpinWait();
+                Job? job;
+                while ((job = Interlocked.Exchange(ref _mailbox, null)) is null)
+                {
+                    if (Stopwatch.GetTimestamp() < deadline)
+                    {
+                        spin.SpinOnce(sleep1Threshold: -1);
+                        continue;
+                    }
+                    // Reset, then re-check: a Post between the two is seen here; one after it wakes Wait.
+                    _wake.Reset();
+                    if (Volatile.Read(ref _mailbox) is null) _wake.Wait();
+                    deadline = Stopwatch.GetTimestamp() + SpinTicks;
+                }
+                job.Items.Work();
+            }
+        }
+    }
+}
