@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Linq;
 using System.Threading.Tasks;
 using GroupNormalization.Kernels;
+using GroupNormalization.Kernels.Threading;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -29,6 +30,24 @@ public sealed class ParityTests
     [TestCaseSource(nameof(SweepCases))]
     public void MatchesNativeGroupNorm(ParityCase c, ScalarType dtype, KernelPath path) =>
         ParityCheck.Run(c, dtype, path, torch.CPU);
+
+    public static IEnumerable<TestCaseData> OwnThreadsCases()
+    {
+        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.Float64 })
+            foreach (var c in ParityCase.Sweep)
+                yield return new TestCaseData(c, dtype).SetArgDisplayNames($"OwnThreads_{DtypeName(dtype)}_{c.Name}");
+    }
+
+    /// <summary>
+    /// The fused kernels on their fallback threads (used where libtorch's OpenMP team cannot be shared),
+    /// over the same sweep: the sweep's larger cases split across threads either way.
+    /// </summary>
+    [TestCaseSource(nameof(OwnThreadsCases))]
+    public void MatchesNativeGroupNormOnOwnThreads(ParityCase c, ScalarType dtype)
+    {
+        using var own = ParallelFor.Force(ParallelBackend.KernelThreads);
+        ParityCheck.Run(c, dtype, KernelPath.Default, torch.CPU, "CPU own threads");
+    }
 
     public static IEnumerable<TestCaseData> HalfCases()
     {
@@ -154,7 +173,7 @@ internal static class ParityCheck
     public const double Float32Tolerance = 1e-5;
     public const double Float64Tolerance = 1e-10;
 
-    public static void Run(ParityCase c, ScalarType dtype, KernelPath path, Device device)
+    public static void Run(ParityCase c, ScalarType dtype, KernelPath path, Device device, string? label = null)
     {
         using var scope = torch.NewDisposeScope();
         torch.manual_seed(c.Name.Length * 31 + c.Shape.Sum(s => (int)s));
@@ -168,7 +187,7 @@ internal static class ParityCheck
         var actual = Oracle.Ours(path, x, c.Groups, w, b, 1e-5, dy);
 
         double tolerance = dtype == ScalarType.Float64 ? Float64Tolerance : Float32Tolerance;
-        AssertClose(actual, expected, tolerance, device.type.ToString(), path, dtype);
+        AssertClose(actual, expected, tolerance, label ?? device.type.ToString(), path, dtype);
         Assert.Multiple(() =>
         {
             Assert.That(actual.Y.dtype, Is.EqualTo(dtype));

@@ -19,6 +19,7 @@ internal static class ReportTable
 
     public static void Write(Summary summary, TextWriter console)
     {
+        NetworkTable(summary, console);
         var medians = new Dictionary<(Key, string), double>();
         foreach (var report in summary.Reports)
         {
@@ -68,6 +69,55 @@ internal static class ReportTable
         console.WriteLine(text);
         var dir = Path.Combine(summary.ResultsDirectoryPath, "..");
         var path = Path.GetFullPath(Path.Combine(dir, "groupnorm-table.md"));
+        File.WriteAllText(path, text);
+        console.WriteLine($"Table written to {path}");
+    }
+
+    private sealed record NetworkKey(string Case, Layout Layout);
+
+    /// <summary>
+    /// The in-network table (<see cref="NetworkBenchmarks"/>): the whole block's time with each GroupNorm, and
+    /// the GroupNorm + ReLU part of it (block minus the convolution alone), ours against the built-in.
+    /// </summary>
+    private static void NetworkTable(Summary summary, TextWriter console)
+    {
+        var medians = new Dictionary<(NetworkKey, string), double>();
+        foreach (var report in summary.Reports)
+        {
+            if (report.ResultStatistics is null) continue;
+            var bc = report.BenchmarkCase;
+            if (bc.Parameters["Case"] is not NetworkCase c) continue;
+            medians[(new NetworkKey(c.ToString(), (Layout)bc.Parameters["Layout"]), bc.Descriptor.WorkloadMethod.Name)] = report.ResultStatistics.Median / 1e6;
+        }
+        if (medians.Count == 0) return;
+        double Get(NetworkKey k, string m) => medians.TryGetValue((k, m), out var v) ? v : double.NaN;
+
+        var sb = new StringBuilder();
+        sb.AppendLine("| block | layout | pass | conv only ms | built-in block ms | ours block ms | ratio | own threads block ms | ratio | built-in GN+ReLU ms | ours GN+ReLU ms | ratio |");
+        sb.AppendLine("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        var blockRatios = new List<double>();
+        foreach (var k in medians.Keys.Select(k => k.Item1).Distinct().OrderBy(k => k.Layout))
+        {
+            foreach (var (pass, suffix) in new[] { ("fwd", "NetForward"), ("fwd+bwd", "NetForwardBackward") })
+            {
+                double conv = Get(k, "ConvOnly" + suffix), builtin = Get(k, "Builtin" + suffix);
+                double ours = Get(k, "Ours" + suffix), own = Get(k, "OursOwnThreads" + suffix);
+                if (!double.IsNaN(ours / builtin)) blockRatios.Add(ours / builtin);
+                sb.Append(CultureInfo.InvariantCulture,
+                    $"| {k.Case} | {(k.Layout == Layout.Nchw ? "NCHW" : "NHWC")} | {pass} | {F(conv)} | {F(builtin)} | {F(ours)} | {R(ours / builtin)} " +
+                    $"| {F(own)} | {R(own / builtin)} | {F(builtin - conv)} | {F(ours - conv)} | {R((ours - conv) / (builtin - conv))} |\n");
+            }
+        }
+        if (blockRatios.Count > 0)
+        {
+            sb.AppendLine();
+            sb.Append(CultureInfo.InvariantCulture,
+                $"Block time, ours over the built-in's: median {R(Median(blockRatios))}, worst {R(blockRatios.Max())} ({blockRatios.Count} rows). Threads: {Kernels.Threading.ParallelFor.Description}.\n");
+        }
+        var text = sb.ToString();
+        console.WriteLine();
+        console.WriteLine(text);
+        var path = Path.GetFullPath(Path.Combine(summary.ResultsDirectoryPath, "..", "network-table.md"));
         File.WriteAllText(path, text);
         console.WriteLine($"Table written to {path}");
     }

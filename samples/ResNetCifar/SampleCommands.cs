@@ -36,6 +36,7 @@ internal sealed class SampleCommands
     private readonly Option<string?> _checkpoint = new("--checkpoint") { Description = "save model and optimizer state here after every epoch" };
     private readonly Option<bool> _resume = new("--resume") { Description = "continue from --checkpoint" };
     private readonly Option<int> _threads = new("--threads") { Description = "CPU threads for libtorch and the GroupNorm kernels (0: libtorch's default). 1 is much faster when another process keeps the cores busy", Recursive = true };
+    private readonly Option<bool> _channelsLast = new("--channels-last") { Description = "feed batches in channels_last memory format, so that every convolution and norm runs in it", Recursive = true };
     private readonly Option<bool> _plain = new("--plain") { Description = "plain progress lines even in a terminal", Recursive = true };
 
     private readonly Option<long> _budget = new("--budget") { Description = "training images per run (8000: about 13 minutes for the whole study on 2 busy cores)", DefaultValueFactory = _ => 8000 };
@@ -46,7 +47,7 @@ internal sealed class SampleCommands
     public RootCommand Build()
     {
         var root = new RootCommand("ResNet on CIFAR-10 (or Fashion-MNIST offline) with GroupNorm.TorchSharp: train, study batch sizes, compare throughput.");
-        foreach (var option in new Option[] { _model, _depth, _norm, _groups, _channelsPerGroup, _epochs, _batchSize, _lr, _weightDecay, _schedule, _warmup, _seed, _device, _data, _fashion, _offline, _limitTrain, _limitTest, _csv, _checkpoint, _resume, _threads, _plain })
+        foreach (var option in new Option[] { _model, _depth, _norm, _groups, _channelsPerGroup, _epochs, _batchSize, _lr, _weightDecay, _schedule, _warmup, _seed, _device, _data, _fashion, _offline, _limitTrain, _limitTest, _csv, _checkpoint, _resume, _threads, _channelsLast, _plain })
             root.Options.Add(option);
         root.SetAction(result => Guard(() => Train(result)));
 
@@ -105,6 +106,7 @@ internal sealed class SampleCommands
         WarmupFraction = r.GetValue(_warmup),
         Seed = r.GetValue(_seed),
         Device = r.GetValue(_device)!,
+        ChannelsLast = r.GetValue(_channelsLast),
         CsvPath = r.GetValue(_csv),
         CheckpointPath = r.GetValue(_checkpoint),
         Resume = r.GetValue(_resume),
@@ -140,7 +142,7 @@ internal sealed class SampleCommands
         var display = Display(r);
         using var data = LoadData(r, settings, display);
         display.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"Model: {settings.Model}{(settings.Model == ModelFactory.CifarResNetName ? $"-{settings.Depth}" : "")}, norm {r.GetValue(_norm)}, batch {settings.BatchSize}, lr {settings.LearningRate}, {settings.Schedule} schedule, {settings.Epochs} epoch(s), device {settings.Device}, {torch.get_num_threads()} threads"));
+            $"Model: {settings.Model}{(settings.Model == ModelFactory.CifarResNetName ? $"-{settings.Depth}" : "")}, norm {r.GetValue(_norm)}, batch {settings.BatchSize}, lr {settings.LearningRate}, {settings.Schedule} schedule, {settings.Epochs} epoch(s), device {settings.Device}{(settings.ChannelsLast ? ", channels_last" : "")}, {torch.get_num_threads()} threads"));
         var result = Trainer.Run(settings, data.Train, data.Test, display);
         display.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"Done: test accuracy {result.FinalTestAccuracy:P2} after {result.Epochs.Count} epoch(s) in {result.Seconds:F0} s ({result.ParameterCount} parameters)."));
@@ -171,6 +173,8 @@ internal sealed class SampleCommands
         using var data = LoadData(r, settings, display);
         var rounds = Positive(r.GetValue(_rounds), "--rounds");
         var steps = Positive(r.GetValue(_steps), "--steps");
+        display.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"Throughput: {settings.Model}{(settings.Model == ModelFactory.CifarResNetName ? $"-{settings.Depth}" : "")}, batch {settings.BatchSize}, {(settings.ChannelsLast ? "channels_last" : "NCHW")}, {torch.get_num_threads()} threads"));
         var result = ThroughputComparison.Run(settings, data.Train, rounds, steps, display);
         display.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"Throughput over {result.StepsEach} steps of batch {settings.BatchSize} each: ours {result.OursImagesPerSecond:F1} img/s, TorchSharp nn.GroupNorm {result.BuiltinImagesPerSecond:F1} img/s, ratio ours/built-in {result.Ratio:F3}"));

@@ -21,6 +21,12 @@ internal static unsafe class ParallelFor
     [ThreadStatic]
     private static ParallelBackend? t_forced;
 
+    [ThreadStatic]
+    private static int t_lastThreads;
+
+    /// <summary>How many threads the last loop on this thread was given (1: it ran on the caller alone).</summary>
+    internal static int LastThreads => t_lastThreads;
+
     /// <summary>The backend loops on this thread use.</summary>
     public static ParallelBackend Backend =>
         t_forced ?? (OpenMpTeam.Available ? ParallelBackend.OpenMp : ParallelBackend.KernelThreads);
@@ -54,9 +60,11 @@ internal static unsafe class ParallelFor
         var backend = Backend;
         if (threads <= 1 || (backend == ParallelBackend.OpenMp && OpenMpTeam.InParallel))
         {
+            t_lastThreads = 1;
             body(state, 0, count);
             return;
         }
+        t_lastThreads = threads;
         if (backend == ParallelBackend.OpenMp)
         {
             var job = new ParallelJob(count, threads, body, state);

@@ -37,8 +37,9 @@ internal static class ThroughputComparison
         var batchesAvailable = train.Count / batchSize;
 
         // Warm-up: first calls allocate and pick kernels.
-        TimeSteps(ours, oursOptimizer, train, device, batchSize, 0, 3, batchesAvailable);
-        TimeSteps(builtin, builtinOptimizer, train, device, batchSize, 0, 3, batchesAvailable);
+        var channelsLast = settings.ChannelsLast;
+        TimeSteps(ours, oursOptimizer, train, device, batchSize, 0, 3, batchesAvailable, channelsLast);
+        TimeSteps(builtin, builtinOptimizer, train, device, batchSize, 0, 3, batchesAvailable, channelsLast);
 
         double oursSeconds = 0, builtinSeconds = 0;
         for (var round = 0; round < rounds; round++)
@@ -47,13 +48,13 @@ internal static class ThroughputComparison
             double a, b;
             if (round % 2 == 0)
             {
-                a = TimeSteps(ours, oursOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable);
-                b = TimeSteps(builtin, builtinOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable);
+                a = TimeSteps(ours, oursOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable, channelsLast);
+                b = TimeSteps(builtin, builtinOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable, channelsLast);
             }
             else
             {
-                b = TimeSteps(builtin, builtinOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable);
-                a = TimeSteps(ours, oursOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable);
+                b = TimeSteps(builtin, builtinOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable, channelsLast);
+                a = TimeSteps(ours, oursOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable, channelsLast);
             }
             oursSeconds += a;
             builtinSeconds += b;
@@ -65,7 +66,7 @@ internal static class ThroughputComparison
         return new Result(total / oursSeconds, total / builtinSeconds, (long)rounds * stepsPerRound);
     }
 
-    private static double TimeSteps(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ImageDataset train, Device device, int batchSize, long firstBatch, int steps, long batchesAvailable)
+    private static double TimeSteps(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ImageDataset train, Device device, int batchSize, long firstBatch, int steps, long batchesAvailable, bool channelsLast)
     {
         model.train();
         var clock = Stopwatch.StartNew();
@@ -73,7 +74,7 @@ internal static class ThroughputComparison
         {
             using var scope = torch.NewDisposeScope();
             var start = (firstBatch + i) % batchesAvailable * batchSize;
-            var x = train.Images.narrow(0, start, batchSize).to(device);
+            var x = MemoryFormat.Apply(train.Images.narrow(0, start, batchSize).to(device), channelsLast);
             var y = train.Labels.narrow(0, start, batchSize).to(device);
             var loss = nn.functional.cross_entropy(model.call(x), y);
             optimizer.zero_grad();

@@ -25,6 +25,9 @@ internal sealed record TrainSettings
 
     public long Seed { get; init; } = 1;
     public string Device { get; init; } = "cpu";
+
+    /// <summary>Feed batches in channels_last memory format (and so run every layer in it).</summary>
+    public bool ChannelsLast { get; init; }
     public string? CsvPath { get; init; }
     public string? CheckpointPath { get; init; }
     public bool Resume { get; init; }

@@ -90,7 +90,7 @@ internal static class Trainer
 
             if (settings.EvaluateEachEpoch || epoch == epochs)
             {
-                (testLoss, testAccuracy) = Evaluate(model, test, device, settings.EvalBatchSize);
+                (testLoss, testAccuracy) = Evaluate(model, test, device, settings.EvalBatchSize, settings.ChannelsLast);
                 epochResult = epochResult with { TestLoss = testLoss, TestAccuracy = testAccuracy };
                 display.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"epoch {epoch}/{epochs}: train loss {epochResult.TrainLoss:F4}, train acc {epochResult.TrainAccuracy:P2}, test loss {testLoss:F4}, test acc {testAccuracy:P2}, {epochResult.Seconds:F0} s, {epochResult.ImagesPerSecond:F0} img/s"));
@@ -99,7 +99,7 @@ internal static class Trainer
             csv?.Write(epochResult);
             if (settings.CheckpointPath is not null) Checkpoint.Save(settings.CheckpointPath, model, optimizer, epoch);
         }
-        if (results.Count == 0) (testLoss, testAccuracy) = Evaluate(model, test, device, settings.EvalBatchSize);
+        if (results.Count == 0) (testLoss, testAccuracy) = Evaluate(model, test, device, settings.EvalBatchSize, settings.ChannelsLast);
         return new TrainResult(results, testAccuracy, testLoss, clock.Elapsed.TotalSeconds, parameterCount);
     }
 
@@ -126,7 +126,7 @@ internal static class Trainer
                 var x = train.Images.index_select(0, index);
                 var y = train.Labels.index_select(0, index);
                 if (train.Augment) x = Augmentation.CropAndFlip(x, generator);
-                x = x.to(device);
+                x = MemoryFormat.Apply(x.to(device), settings.ChannelsLast);
                 y = y.to(device);
 
                 var logits = model.call(x);
@@ -150,7 +150,7 @@ internal static class Trainer
     }
 
     /// <summary>Mean cross-entropy and accuracy on <paramref name="data"/>, in eval mode without gradients.</summary>
-    public static (double Loss, double Accuracy) Evaluate(nn.Module<Tensor, Tensor> model, ImageDataset data, Device device, int batchSize)
+    public static (double Loss, double Accuracy) Evaluate(nn.Module<Tensor, Tensor> model, ImageDataset data, Device device, int batchSize, bool channelsLast = false)
     {
         model.eval();
         using var noGrad = torch.no_grad();
@@ -160,7 +160,7 @@ internal static class Trainer
         {
             using var scope = torch.NewDisposeScope();
             var n = Math.Min(batchSize, data.Count - start);
-            var x = data.Images.narrow(0, start, n).to(device);
+            var x = MemoryFormat.Apply(data.Images.narrow(0, start, n).to(device), channelsLast);
             var y = data.Labels.narrow(0, start, n).to(device);
             var logits = model.call(x);
             lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();

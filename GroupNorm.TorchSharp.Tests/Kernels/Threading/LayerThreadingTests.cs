@@ -1,0 +1,213 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using System.Runtime.InteropServices;
+using System.Threading;
+using GroupNormalization.Kernels.Threading;
+using GroupNormalization.Tests.Parity;
+using NUnit.Framework;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GroupNormalization.Tests.Kernels.Threading;
+
+/// <summary>
+/// The real layer, forward and backward, from every kind of thread its kernels can be called on: .NET
+/// threads side by side, a thread other than forward's, and libtorch's own OpenMP threads inside a parallel
+/// region; and with libtorch's thread count changed. Results must match a plain single-threaded run.
+/// </summary>
+public sealed unsafe class LayerThreadingTests
+{
+    private const long Groups = 8;
+
+    // Large enough to be split across threads (the kernels run small tensors on the caller alone).
+    private static readonly long[] Shape = { 4, 32, 24, 24 };
+
+    /// <summary>Forward and all three gradients of one call on float64 inputs, detached from any scope.</summary>
+    private sealed record Run(Tensor Y, Tensor Dx, Tensor Dw, Tensor Db);
+
+    private static (Tensor X, Tensor W, Tensor B, Tensor Dy) Inputs(int seed)
+    {
+        using var scope = torch.NewDisposeScope();
+        var generator = new Generator((ulong)seed);
+        var x = torch.randn(Shape, ScalarType.Float64, generator: generator);
+        var w = torch.rand(32, ScalarType.Float64, generator: generator) + 0.5;
+        var b = torch.randn(32, ScalarType.Float64, generator: generator);
+        var dy = torch.randn(Shape, ScalarType.Float64, generator: generator);
+        return (x.DetachFromDisposeScope(), w.DetachFromDisposeScope(), b.DetachFromDisposeScope(), dy.DetachFromDisposeScope());
+    }
+
+    private static Run Compute(Tensor x, Tensor w, Tensor b, Tensor dy)
+    {
+        using var scope = torch.NewDisposeScope();
+        var r = Oracle.Ours(KernelPath.Default, x, Groups, w, b, 1e-5, dy);
+        return new Run(r.Y.DetachFromDisposeScope(), r.Dx!.DetachFromDisposeScope(), r.Dweight!.DetachFromDisposeScope(), r.Dbias!.DetachFromDisposeScope());
+    }
+
+    private static void AssertSame(Run actual, Run expected, string what)
+    {
+        // Thread counts change how rows are split, so sums may be added in another order: float64 rounding.
+        Assert.Multiple(() =>
+        {
+            Assert.That(TestTensors.RelativeError(actual.Y, expected.Y), Is.LessThanOrEqualTo(1e-13), $"{what}: y");
+            Assert.That(TestTensors.RelativeError(actual.Dx, expected.Dx), Is.LessThanOrEqualTo(1e-13), $"{what}: dx");
+            Assert.That(TestTensors.RelativeError(actual.Dw, expected.Dw), Is.LessThanOrEqualTo(1e-13), $"{what}: dweight");
+            Assert.That(TestTensors.RelativeError(actual.Db, expected.Db), Is.LessThanOrEqualTo(1e-13), $"{what}: dbias");
+        });
+    }
+
+    private static void Dispose(Run r)
+    {
+        r.Y.Dispose();
+        r.Dx.Dispose();
+        r.Dw.Dispose();
+        r.Db.Dispose();
+    }
+
+    [Test]
+    public void ConcurrentCallersGetTheirOwnResults([Values] bool openMp)
+    {
+        const int callers = 4, rounds = 5;
+        var inputs = Enumerable.Range(0, callers).Select(Inputs).ToArray();
+        var expected = inputs.Select(i => Compute(i.X, i.W, i.B, i.Dy)).ToArray();
+        var failures = new List<string>();
+        var threads = Enumerable.Range(0, callers).Select(k => new Thread(() =>
+        {
+            try
+            {
+                using var forced = ParallelForTests.Force(openMp);
+                for (int round = 0; round < rounds; round++)
+                {
+                    var actual = Compute(inputs[k].X, inputs[k].W, inputs[k].B, inputs[k].Dy);
+                    if (TestTensors.RelativeError(actual.Y, expected[k].Y) > 1e-13 || TestTensors.RelativeError(actual.Dx, expected[k].Dx) > 1e-13)
+                        lock (failures) failures.Add($"caller {k}, round {round}");
+                    Dispose(actual);
+                }
+            }
+#pragma warning disable CA1031 // Reported through the assertion below, on the test's thread.
+            catch (Exception e)
+#pragma warning restore CA1031
+            {
+                lock (failures) failures.Add($"caller {k}: {e}");
+            }
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        threads.ForEach(t => t.Join());
+        Assert.That(failures, Is.Empty);
+        foreach (var r in expected) Dispose(r);
+    }
+
+    /// <summary>Backward runs on whichever thread calls it; here not forward's, and with no dispose scope.</summary>
+    [Test]
+    public void BackwardOnAnotherThreadMatches()
+    {
+        var (x, w, b, dy) = Inputs(7);
+        var expected = Compute(x, w, b, dy);
+        using var scope = torch.NewDisposeScope();
+        var xl = x.detach().requires_grad_();
+        var wl = w.detach().requires_grad_();
+        var bl = b.detach().requires_grad_();
+        var y = Functional.group_norm(xl, Groups, wl, bl, 1e-5);
+        Tensor[]? grads = null;
+        var thread = new Thread(() => grads = torch.autograd.grad(new[] { y }, new[] { xl, wl, bl }, new[] { dy }).ToArray());
+        thread.Start();
+        thread.Join();
+        AssertSame(new Run(y, grads![0], grads[1], grads[2]), expected, "backward on another thread");
+    }
+
+    /// <summary>
+    /// The layer called from inside a parallel region on libtorch's team, once on the caller (thread 0) and
+    /// once on an OpenMP worker thread: its loops run serially there, as libtorch's own ops do, and give the
+    /// same results.
+    /// </summary>
+    [Test]
+    public void CallsFromInsideAnOpenMpRegionMatch()
+    {
+        if (!OpenMpTeam.Available) Assert.Ignore(OpenMpTeam.Unavailable!);
+        var (x, w, b, dy) = Inputs(8);
+        var expected = Compute(x, w, b, dy);
+        var call = new RegionCall(x, w, b, dy);
+        var handle = GCHandle.Alloc(call);
+        try
+        {
+            OpenMpTeam.RunOnEveryThread(2, &CallFromTeam, (void*)GCHandle.ToIntPtr(handle));
+        }
+        finally
+        {
+            handle.Free();
+        }
+        Assert.That(call.Errors, Is.Empty);
+        Assert.That(call.Results.Keys.OrderBy(k => k), Is.EqualTo(Enumerable.Range(0, 2)), "both team threads called the layer");
+        foreach (var (thread, result) in call.Results)
+        {
+            Assert.That(call.ThreadsUsed[thread], Is.EqualTo(1), $"team thread {thread}: a nested loop runs serially");
+            AssertSame(result, expected, $"team thread {thread}");
+        }
+    }
+
+    private sealed class RegionCall
+    {
+        public RegionCall(Tensor x, Tensor w, Tensor b, Tensor dy) => (X, W, B, Dy) = (x, w, b, dy);
+
+        public Tensor X { get; }
+
+        public Tensor W { get; }
+
+        public Tensor B { get; }
+
+        public Tensor Dy { get; }
+
+        public Dictionary<int, Run> Results { get; } = new();
+
+        public Dictionary<int, int> ThreadsUsed { get; } = new();
+
+        public List<string> Errors { get; } = new();
+    }
+
+    private static void CallFromTeam(void* state)
+    {
+        var call = (RegionCall)GCHandle.FromIntPtr((IntPtr)state).Target!;
+        int thread = OpenMpTeam.ThreadNum;
+        try
+        {
+            var result = Compute(call.X, call.W, call.B, call.Dy);
+            lock (call)
+            {
+                call.Results[thread] = result;
+                call.ThreadsUsed[thread] = ParallelFor.LastThreads;
+            }
+        }
+#pragma warning disable CA1031 // Nothing may escape into the OpenMP runtime; the test asserts on the list.
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            lock (call) call.Errors.Add($"team thread {thread}: {e}");
+        }
+    }
+
+    /// <summary>torch.set_num_threads decides how many threads the kernels use, as it does for libtorch's ops.</summary>
+    [Test]
+    public void LibTorchsThreadCountApplies([Values] bool openMp)
+    {
+        int original = torch.get_num_threads();
+        var (x, w, b, dy) = Inputs(9);
+        var expected = Compute(x, w, b, dy);
+        using var forced = ParallelForTests.Force(openMp);
+        try
+        {
+            foreach (int threads in new[] { 1, 2 })
+            {
+                torch.set_num_threads(threads);
+                using var scope = torch.NewDisposeScope();
+                using var noGrad = torch.no_grad();
+                var y = Functional.group_norm(x, Groups, w, b, 1e-5);
+                Assert.That(ParallelFor.LastThreads, Is.EqualTo(threads), $"set_num_threads({threads})");
+                Assert.That(TestTensors.RelativeError(y, expected.Y), Is.LessThanOrEqualTo(1e-13));
+            }
+        }
+        finally
+        {
+            torch.set_num_threads(original);
+        }
+    }
+}
