@@ -27,6 +27,9 @@ internal static partial class OpenMpRuntimeLocator
         IReadOnlyList<string> images;
         try
         {
+            // libtorch (and with it its OpenMP runtime) is loaded on TorchSharp's first native call; make sure
+            // that has happened, or a lookup made before any tensor exists would find nothing, for good.
+            _ = TorchSharp.torch.get_num_threads();
             if (OperatingSystem.IsLinux()) images = LinuxImages();
             else if (OperatingSystem.IsMacOS()) images = MacImages();
             else
