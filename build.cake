@@ -27,21 +27,44 @@ Task("Build")
     DotNetBuild(solution, new DotNetBuildSettings { Configuration = configuration, NoRestore = true, MSBuildSettings = Props() });
 });
 
+// Each test project writes its own TRX (artifacts/test-results/<project>.trx); .ci/run adds them up.
+var testProjects = new[]
+{
+    "./GroupNorm.TorchSharp.Tests/GroupNorm.TorchSharp.Tests.csproj",
+    "./samples/ResNetCifar.Tests/ResNetCifar.Tests.csproj",
+};
+
 Task("Test")
     .IsDependentOn("Build")
     .Does(() =>
 {
     var results = artifacts + Directory("test-results");
     CleanDirectory(results);
-    DotNetTest(solution, new DotNetTestSettings
+    // Every suite runs even when an earlier one fails, so that one run reports all failures.
+    var failedProjects = new List<string>();
+    foreach (var project in testProjects)
     {
-        Configuration = configuration,
-        NoBuild = true,
-        NoRestore = true,
-        MSBuildSettings = Props(),
-        ResultsDirectory = results,
-        Loggers = new[] { "trx;LogFileName=tests.trx", "console;verbosity=normal" },
-    });
+        var name = System.IO.Path.GetFileNameWithoutExtension(project);
+        try
+        {
+            DotNetTest(project, new DotNetTestSettings
+            {
+                Configuration = configuration,
+                NoBuild = true,
+                NoRestore = true,
+                MSBuildSettings = Props(),
+                ResultsDirectory = results,
+                Loggers = new[] { $"trx;LogFileName={name}.trx", "console;verbosity=normal" },
+            });
+        }
+        catch (CakeException e)
+        {
+            Error($"{name}: {e.Message}");
+            failedProjects.Add(name);
+        }
+    }
+    if (failedProjects.Count > 0)
+        throw new CakeException($"Tests failed in {string.Join(", ", failedProjects)}.");
 });
 
 Task("Pack")
