@@ -60,9 +60,10 @@ var testProjects = new[]
     "./samples/ResNetCifar.Tests/ResNetCifar.Tests.csproj",
 };
 
+// Packs first: GroupNorm.TorchSharp.Tests/Packaging opens the package in artifacts/packages.
 Task("Test")
     .IsDependentOn("Setup")
-    .IsDependentOn("Build")
+    .IsDependentOn("Pack")
     .Does(() =>
 {
     var results = artifacts + Directory("test-results");
@@ -98,12 +99,14 @@ Task("Pack")
     .IsDependentOn("Build")
     .Does(() =>
 {
+    var packages = artifacts + Directory("packages");
+    CleanDirectory(packages);
     DotNetPack("./GroupNorm.TorchSharp/GroupNorm.TorchSharp.csproj", new DotNetPackSettings
     {
         Configuration = configuration,
         NoBuild = true,
         NoRestore = true,
-        OutputDirectory = artifacts + Directory("packages"),
+        OutputDirectory = packages,
     });
 });
 
