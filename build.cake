@@ -5,7 +5,33 @@ var backend = Argument("backend", "cpu");          // TorchSharp native bundle f
 var solution = "./GroupNorm.TorchSharp.sln";
 var artifacts = Directory("./artifacts");
 
+var sampleArgs = Argument("sample-args", "");
+
 DotNetMSBuildSettings Props() => new DotNetMSBuildSettings().WithProperty("TorchSharpBackend", backend);
+
+// The sample falls back to Fashion-MNIST unless it is told where its data is.
+bool NeedsOfflineDataset() =>
+    new[] { "Sample", "Study", "Throughput" }.Contains(target, StringComparer.OrdinalIgnoreCase)
+    && !System.Text.RegularExpressions.Regex.IsMatch(sampleArgs, @"(^|\s)--(data|fashion-mnist)(\s|=|$)");
+
+// Runs first, before anything is restored or built, so that a machine that cannot load TorchSharp's
+// native library fails in seconds with the commands that fix it rather than after the build.
+// On Linux, tools/setup-linux.sh installs what is missing when run as root with apt-get, and otherwise
+// prints the exact commands; elsewhere TorchSharp's native packages need nothing from the system.
+Task("Setup")
+    .Does(() =>
+{
+    if (!IsRunningOnLinux())
+    {
+        Information("Setup: nothing to install on this platform.");
+        return;
+    }
+    var arguments = new ProcessArgumentBuilder().Append("tools/setup-linux.sh");
+    if (NeedsOfflineDataset()) arguments.Append("--with-datasets");
+    var exitCode = StartProcess("bash", new ProcessSettings { Arguments = arguments });
+    if (exitCode != 0)
+        throw new CakeException($"Setup: this machine is not ready (tools/setup-linux.sh exited with {exitCode}; see above). Nothing was built.");
+});
 
 Task("Clean")
     .Does(() =>
@@ -27,33 +53,60 @@ Task("Build")
     DotNetBuild(solution, new DotNetBuildSettings { Configuration = configuration, NoRestore = true, MSBuildSettings = Props() });
 });
 
+// Each test project writes its own TRX (artifacts/test-results/<project>.trx); .ci/run adds them up.
+var testProjects = new[]
+{
+    "./GroupNorm.TorchSharp.Tests/GroupNorm.TorchSharp.Tests.csproj",
+    "./samples/ResNetCifar.Tests/ResNetCifar.Tests.csproj",
+};
+
+// Packs first: GroupNorm.TorchSharp.Tests/Packaging opens the package in artifacts/packages.
 Task("Test")
-    .IsDependentOn("Build")
+    .IsDependentOn("Setup")
+    .IsDependentOn("Pack")
     .Does(() =>
 {
     var results = artifacts + Directory("test-results");
     CleanDirectory(results);
-    DotNetTest(solution, new DotNetTestSettings
+    // Every suite runs even when an earlier one fails, so that one run reports all failures.
+    var failedProjects = new List<string>();
+    foreach (var project in testProjects)
     {
-        Configuration = configuration,
-        NoBuild = true,
-        NoRestore = true,
-        MSBuildSettings = Props(),
-        ResultsDirectory = results,
-        Loggers = new[] { "trx;LogFileName=tests.trx", "console;verbosity=normal" },
-    });
+        var name = System.IO.Path.GetFileNameWithoutExtension(project);
+        try
+        {
+            DotNetTest(project, new DotNetTestSettings
+            {
+                Configuration = configuration,
+                NoBuild = true,
+                NoRestore = true,
+                MSBuildSettings = Props(),
+                ResultsDirectory = results,
+                Loggers = new[] { $"trx;LogFileName={name}.trx", "console;verbosity=normal" },
+            });
+        }
+        catch (CakeException e)
+        {
+            Error($"{name}: {e.Message}");
+            failedProjects.Add(name);
+        }
+    }
+    if (failedProjects.Count > 0)
+        throw new CakeException($"Tests failed in {string.Join(", ", failedProjects)}.");
 });
 
 Task("Pack")
     .IsDependentOn("Build")
     .Does(() =>
 {
+    var packages = artifacts + Directory("packages");
+    CleanDirectory(packages);
     DotNetPack("./GroupNorm.TorchSharp/GroupNorm.TorchSharp.csproj", new DotNetPackSettings
     {
         Configuration = configuration,
         NoBuild = true,
         NoRestore = true,
-        OutputDirectory = artifacts + Directory("packages"),
+        OutputDirectory = packages,
     });
 });
 
@@ -70,16 +123,19 @@ void RunBenchmarks(string arguments)
 
 // Every benchmark, ours against the built-in; writes BenchmarkDotNet.Artifacts/groupnorm-table.md.
 Task("Bench")
+    .IsDependentOn("Setup")
     .IsDependentOn("Build")
     .Does(() => RunBenchmarks(Argument("bench-args", "")));
 
 // Each benchmark once on one small shape: proves they all run (CI smoke test).
 Task("BenchQuick")
+    .IsDependentOn("Setup")
     .IsDependentOn("Build")
     .Does(() => RunBenchmarks("--quick"));
 
 // Peak resident memory of one forward+backward, ours against the built-in.
 Task("BenchMemory")
+    .IsDependentOn("Setup")
     .IsDependentOn("Build")
     .Does(() => RunBenchmarks("--memory"));
 
@@ -90,8 +146,7 @@ void RunSample(string command, string fixedArguments = "")
     var arguments = new ProcessArgumentBuilder();
     if (command.Length > 0) arguments.Append(command);
     if (fixedArguments.Length > 0) arguments.Append(fixedArguments);
-    var extra = Argument("sample-args", "");
-    if (extra.Length > 0) arguments.Append(extra);
+    if (sampleArgs.Length > 0) arguments.Append(sampleArgs);
     DotNetRun("./samples/ResNetCifar/ResNetCifar.csproj", arguments, new DotNetRunSettings
     {
         Configuration = configuration,
@@ -103,16 +158,19 @@ void RunSample(string command, string fixedArguments = "")
 
 // ResNet-20 with our GroupNorm for one epoch on real data (CIFAR-10 with --data, else Fashion-MNIST offline); test accuracy per epoch.
 Task("Sample")
+    .IsDependentOn("Setup")
     .IsDependentOn("Build")
     .Does(() => RunSample(""));
 
 // GroupNorm against BatchNorm at batch sizes 32..2; writes study.csv and study.png to --study-out.
 Task("Study")
+    .IsDependentOn("Setup")
     .IsDependentOn("Build")
     .Does(() => RunSample("study", "--out " + Argument("study-out", "./samples/ResNetCifar/results")));
 
 // Training images/s of ResNet-20 with our GroupNorm against TorchSharp's nn.GroupNorm, alternating in one process.
 Task("Throughput")
+    .IsDependentOn("Setup")
     .IsDependentOn("Build")
     .Does(() => RunSample("throughput"));
 

@@ -1,6 +1,7 @@
 using System;
 using System.IO;
 using System.Linq;
+using GroupNormalization;
 using NUnit.Framework;
 using ResNetCifar.Data;
 using ResNetCifar.Models;
@@ -9,7 +10,7 @@ using ResNetCifar.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace GroupNormalization.Tests.Samples;
+namespace ResNetCifar.Tests.Training;
 
 public sealed class TrainingSmokeTests
 {

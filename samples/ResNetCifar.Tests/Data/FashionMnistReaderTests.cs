@@ -5,7 +5,7 @@ using System.IO.Compression;
 using NUnit.Framework;
 using ResNetCifar.Data;
 
-namespace GroupNormalization.Tests.Samples;
+namespace ResNetCifar.Tests.Data;
 
 public sealed class FashionMnistReaderTests
 {

@@ -1,9 +1,10 @@
 using System.Linq;
+using GroupNormalization;
 using NUnit.Framework;
 using ResNetCifar.Models;
 using TorchSharp;
 
-namespace GroupNormalization.Tests.Samples;
+namespace ResNetCifar.Tests.Models;
 
 public sealed class ModelFactoryTests
 {

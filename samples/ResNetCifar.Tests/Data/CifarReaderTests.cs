@@ -3,7 +3,7 @@ using System.IO;
 using NUnit.Framework;
 using ResNetCifar.Data;
 
-namespace GroupNormalization.Tests.Samples;
+namespace ResNetCifar.Tests.Data;
 
 public sealed class CifarReaderTests
 {
