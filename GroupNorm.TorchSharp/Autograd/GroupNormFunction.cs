@@ -65,6 +65,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
     /// <summary>Runs GroupNorm on validated arguments, recording a graph node only when a gradient can flow.</summary>
     public static Tensor Apply(Tensor input, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
     {
+        ReturnedGradients.ReleasePrevious();
         var kernel = KernelSelector.Select(input);
         var need = new GradientRequest(input.requires_grad, weight?.requires_grad ?? false, bias?.requires_grad ?? false);
 
@@ -132,6 +133,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
 
     private static List<Tensor> Backward(autograd.AutogradContext ctx, Tensor gradOutput)
     {
+        ReturnedGradients.ReleasePrevious();
         var settings = (Settings)ctx.get_data(SettingsKey);
         var need = settings.Need;
         if (gradOutput.IsInvalid)
@@ -154,10 +156,10 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
                 ? DifferentiableBackward.Compute(gradOutput, x, weight, statistics, settings.Shape, settings.Eps, need)
                 : KernelSelector.Backward(settings.Kernel, gradOutput, x, statistics, weight, settings.Shape, need);
 
-            // Hand the results to the caller's scope (or none); everything else made here is released.
-            dx?.MoveToOuterDisposeScope();
-            dweight?.MoveToOuterDisposeScope();
-            dbias?.MoveToOuterDisposeScope();
+            // Out of this scope, released at the next call (see ReturnedGradients); everything else made here goes now.
+            ReturnedGradients.Hold(dx);
+            ReturnedGradients.Hold(dweight);
+            ReturnedGradients.Hold(dbias);
         }
         gradOutput.Dispose();
 

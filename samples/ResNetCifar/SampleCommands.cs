@@ -177,7 +177,7 @@ internal sealed class SampleCommands
             $"Throughput: {settings.Model}{(settings.Model == ModelFactory.CifarResNetName ? $"-{settings.Depth}" : "")}, batch {settings.BatchSize}, {(settings.ChannelsLast ? "channels_last" : "NCHW")}, {torch.get_num_threads()} threads"));
         var result = ThroughputComparison.Run(settings, data.Train, rounds, steps, display);
         display.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"Throughput over {result.StepsEach} steps of batch {settings.BatchSize} each: ours {result.OursImagesPerSecond:F1} img/s, TorchSharp nn.GroupNorm {result.BuiltinImagesPerSecond:F1} img/s, ratio ours/built-in {result.Ratio:F3}"));
+            $"Throughput over {result.StepsEach} steps of batch {settings.BatchSize} each: ours {result.OursImagesPerSecond:F1} img/s, TorchSharp nn.GroupNorm {result.BuiltinImagesPerSecond:F1} img/s, ratio ours/built-in {result.Ratio:F3}{(result.OursFaultsPerStep is double of && result.BuiltinFaultsPerStep is double bf ? $"; minor page faults per step: ours {of:F0}, built-in {bf:F0}" : "")}"));
         return 0;
     }
 }

@@ -15,7 +15,8 @@ namespace ResNetCifar.Throughput;
 /// </summary>
 internal static class ThroughputComparison
 {
-    public sealed record Result(double OursImagesPerSecond, double BuiltinImagesPerSecond, long StepsEach)
+    /// <summary>Images per second of each, the steps each took, and minor page faults per step (null where not measurable).</summary>
+    public sealed record Result(double OursImagesPerSecond, double BuiltinImagesPerSecond, long StepsEach, double? OursFaultsPerStep = null, double? BuiltinFaultsPerStep = null)
     {
         public double Ratio => OursImagesPerSecond / BuiltinImagesPerSecond;
     }
@@ -41,11 +42,13 @@ internal static class ThroughputComparison
         TimeSteps(ours, oursOptimizer, train, device, batchSize, 0, 3, batchesAvailable, channelsLast);
         TimeSteps(builtin, builtinOptimizer, train, device, batchSize, 0, 3, batchesAvailable, channelsLast);
 
+        bool measurable = PageFaults.MinorFaults() is not null;
         double oursSeconds = 0, builtinSeconds = 0;
+        long oursFaults = 0, builtinFaults = 0;
         for (var round = 0; round < rounds; round++)
         {
             var firstBatch = (long)round * stepsPerRound;
-            double a, b;
+            (double Seconds, long Faults) a, b;
             if (round % 2 == 0)
             {
                 a = TimeSteps(ours, oursOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable, channelsLast);
@@ -56,19 +59,27 @@ internal static class ThroughputComparison
                 b = TimeSteps(builtin, builtinOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable, channelsLast);
                 a = TimeSteps(ours, oursOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable, channelsLast);
             }
-            oursSeconds += a;
-            builtinSeconds += b;
+            oursSeconds += a.Seconds;
+            builtinSeconds += b.Seconds;
+            oursFaults += a.Faults;
+            builtinFaults += b.Faults;
             var images = (double)stepsPerRound * batchSize;
+            var faults = measurable
+                ? string.Create(CultureInfo.InvariantCulture, $"; page faults per step: ours {(double)a.Faults / stepsPerRound:F0}, built-in {(double)b.Faults / stepsPerRound:F0}")
+                : "";
             display.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"round {round + 1}/{rounds}: ours {images / a:F0} img/s, built-in {images / b:F0} img/s"));
+                $"round {round + 1}/{rounds}: ours {images / a.Seconds:F0} img/s, built-in {images / b.Seconds:F0} img/s{faults}"));
         }
         var total = (double)rounds * stepsPerRound * batchSize;
-        return new Result(total / oursSeconds, total / builtinSeconds, (long)rounds * stepsPerRound);
+        long stepsEach = (long)rounds * stepsPerRound;
+        return new Result(total / oursSeconds, total / builtinSeconds, stepsEach,
+            measurable ? (double)oursFaults / stepsEach : null, measurable ? (double)builtinFaults / stepsEach : null);
     }
 
-    private static double TimeSteps(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ImageDataset train, Device device, int batchSize, long firstBatch, int steps, long batchesAvailable, bool channelsLast)
+    private static (double Seconds, long Faults) TimeSteps(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ImageDataset train, Device device, int batchSize, long firstBatch, int steps, long batchesAvailable, bool channelsLast)
     {
         model.train();
+        var faultsBefore = PageFaults.MinorFaults() ?? 0;
         var clock = Stopwatch.StartNew();
         for (var i = 0; i < steps; i++)
         {
@@ -83,6 +94,7 @@ internal static class ThroughputComparison
             // Reading the loss waits for the device, so the clock measures finished work.
             _ = loss.item<float>();
         }
-        return clock.Elapsed.TotalSeconds;
+        var seconds = clock.Elapsed.TotalSeconds;
+        return (seconds, (PageFaults.MinorFaults() ?? 0) - faultsBefore);
     }
 }
