@@ -1,5 +1,6 @@
 using System;
 using System.Numerics;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using GroupNormalization.Kernels.Threading;
 using TorchSharp;
@@ -26,8 +27,18 @@ namespace GroupNormalization.Kernels;
 /// </summary>
 internal static unsafe class CpuFusedKernel
 {
-    /// <summary>An L1-sized piece: the sample whose mean becomes the statistics' shift, and the channels-last tile.</summary>
+    /// <summary>An L1-sized piece: the channels-last tile, and the sample whose mean becomes its statistics' shift.</summary>
     private const int SegmentBytes = 16 * 1024;
+
+    /// <summary>
+    /// Elements whose mean becomes a contiguous row's statistics' shift. Any value near the mean serves
+    /// (<see cref="GroupNormMath.ShiftedMoments"/>), and a far one is caught and summed again; a larger sample
+    /// only made rows that fit in cache (ResNet-20's 512–2,048 elements) read their data three times.
+    /// </summary>
+    private const int ShiftSample = 256;
+
+    /// <summary>Bytes of channels-first rows reduced before their outputs are written (see <see cref="RowBatch{T}"/>).</summary>
+    private const int BatchBytes = 32 * 1024;
 
     /// <summary>Below this many elements, waking a second thread costs more than it saves.</summary>
     private const long SerialElements = 1 << 15;
@@ -172,15 +183,18 @@ internal static unsafe class CpuFusedKernel
     private static Moments SpanMoments<T>(T* p, long length) where T : unmanaged, IFloatingPointIeee754<T>
     {
         if (length == 0) return default;
-        long first = Math.Min(SegmentBytes / sizeof(T), length);
-        double shift = CpuFusedLoops.RoughSum(p, first) / first;
-        var (dev, sq) = CpuFusedLoops.SumDeviations(p, length, shift);
+        long first = Math.Min(ShiftSample, length);
+        var (hi, lo) = CpuFusedLoops.Split<T>(CpuFusedLoops.RoughSum(p, first) / first);
+        var (dev, sq) = CpuFusedLoops.SumDeviations(p, length, hi, lo);
         if (!GroupNormMath.ShiftWasClose(length, dev, sq))
         {
-            shift = GroupNormMath.ShiftedMoments(length, shift, dev, sq).Mean;
-            (dev, sq) = CpuFusedLoops.SumDeviations(p, length, shift);
+            (hi, lo) = CpuFusedLoops.Split<T>(GroupNormMath.ShiftedMoments(length, Shift(hi, lo), dev, sq).Mean);
+            (dev, sq) = CpuFusedLoops.SumDeviations(p, length, hi, lo);
         }
-        return GroupNormMath.ShiftedMoments(length, shift, dev, sq);
+        return GroupNormMath.ShiftedMoments(length, Shift(hi, lo), dev, sq);
+
+        // The shift exactly as the loops subtract it.
+        static double Shift(T hi, T lo) => CpuFusedLoops.ToDouble(hi) + CpuFusedLoops.ToDouble(lo);
     }
 
     /// <summary>Unmanaged scratch memory for one work item, freed on dispose.</summary>
@@ -196,6 +210,17 @@ internal static unsafe class CpuFusedKernel
     private static T* PointerOrNull<T>(Tensor? t) where T : unmanaged => t is null ? null : TensorMemory.Pointer<T>(t);
 
     /// <summary>
+    /// Channels-first rows handled together: first the reductions of every row in the batch, then their
+    /// outputs, instead of row by row. Measured on ResNet-20's (32, 32, 16, 16)/8 (rows of 4 KiB): row by row
+    /// ran at 0.42 ns per element or 0.20 depending on where the output happened to be allocated (a
+    /// row's first loads came right after the previous row's stores), batches of 2 to 8 rows at 0.17
+    /// whatever the addresses; the others gained up to 15%. The batch stays within L1 so that the output
+    /// pass still reads from cache; rows of 32 KiB and more go one at a time, as before.
+    /// </summary>
+    private static long RowBatch<T>(long elementsPerRow) where T : unmanaged =>
+        Math.Clamp(BatchBytes / Math.Max(1, elementsPerRow * sizeof(T)), 1, 8);
+
+    /// <summary>
     /// Channels-last positions per piece, so that a piece of <paramref name="arrays"/> tensors fits in L1;
     /// never fewer than <see cref="MinPieceRows"/>, because every piece pays a few passes over C-long
     /// coefficient arrays: with C = 1280 an L1-sized piece is 3 positions, and that overhead made the
@@ -207,7 +232,9 @@ internal static unsafe class CpuFusedKernel
     // ---- forward -----------------------------------------------------------------------------------
 
     // Jobs are unmanaged structs on the caller's stack, and their parallel bodies static functions of
-    // (job, start, end): a kernel call allocates nothing on the managed heap.
+    // (job, start, end): a kernel call allocates nothing on the managed heap. The bodies are compiled fully
+    // optimised from the first call (AggressiveOptimization): as tier-0 code they ran a training run's first
+    // steps several times slower.
 
     private struct ForwardJob<T> where T : unmanaged, IFloatingPointIeee754<T>
     {
@@ -252,31 +279,44 @@ internal static unsafe class CpuFusedKernel
             plan.ForEach(plan.Items, first ? &GroupBlockOutput : &SampleBlockOutput, &job);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void FusedGroups(void* job, long start, long end)
         {
-            for (long r = start; r < end; r++) ((ForwardJob<T>*)job)->FusedGroup(r);
+            var j = (ForwardJob<T>*)job;
+            long batch = RowBatch<T>(j->_plan.RowLength);
+            for (long r0 = start; r0 < end; r0 += batch)
+            {
+                long r1 = Math.Min(end, r0 + batch);
+                for (long r = r0; r < r1; r++) j->SetStatistics(r, SpanMoments(j->_x + r * j->_plan.RowLength, j->_plan.RowLength));
+                for (long r = r0; r < r1; r++) j->WriteGroup(r, 0, j->_plan.RowLength);
+            }
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void FusedSamples(void* job, long start, long end)
         {
             for (long n = start; n < end; n++) ((ForwardJob<T>*)job)->FusedSample(n);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void GroupBlockMoments(void* job, long start, long end)
         {
             for (long item = start; item < end; item++) ((ForwardJob<T>*)job)->GroupBlockMoments(item);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void GroupBlockOutput(void* job, long start, long end)
         {
             for (long item = start; item < end; item++) ((ForwardJob<T>*)job)->GroupBlockOutput(item);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void SampleBlockMoments(void* job, long start, long end)
         {
             for (long item = start; item < end; item++) ((ForwardJob<T>*)job)->SampleBlockMoments(item);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void SampleBlockOutput(void* job, long start, long end)
         {
             for (long item = start; item < end; item++) ((ForwardJob<T>*)job)->SampleBlockOutput(item);
@@ -303,12 +343,6 @@ internal static unsafe class CpuFusedKernel
         }
 
         // Channels-first: row r is group (n, g), D·S contiguous elements starting at r·D·S.
-
-        private void FusedGroup(long r)
-        {
-            SetStatistics(r, SpanMoments(_x + r * _plan.RowLength, _plan.RowLength));
-            WriteGroup(r, 0, _plan.RowLength);
-        }
 
         private void GroupBlockMoments(long item)
         {
@@ -513,31 +547,48 @@ internal static unsafe class CpuFusedKernel
             job.ParameterGradients();
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void FusedGroups(void* job, long start, long end)
         {
-            for (long r = start; r < end; r++) ((BackwardJob<T>*)job)->FusedGroup(r);
+            var j = (BackwardJob<T>*)job;
+            long len = j->_plan.RowLength, d = j->_d;
+            long batch = RowBatch<T>(2 * len);
+            for (long r0 = start; r0 < end; r0 += batch)
+            {
+                long r1 = Math.Min(end, r0 + batch);
+                new Span<double>(j->_sumA + r0 * d, (int)((r1 - r0) * d)).Clear();
+                new Span<double>(j->_sumB + r0 * d, (int)((r1 - r0) * d)).Clear();
+                for (long r = r0; r < r1; r++) j->GroupSums(r, 0, len, j->_sumA + r * d, j->_sumB + r * d);
+                if (j->_dx == null) continue;
+                for (long r = r0; r < r1; r++) j->GroupInputGradient(r, 0, len);
+            }
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void FusedSamples(void* job, long start, long end)
         {
             for (long n = start; n < end; n++) ((BackwardJob<T>*)job)->FusedSample(n);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void GroupBlockSums(void* job, long start, long end)
         {
             for (long item = start; item < end; item++) ((BackwardJob<T>*)job)->GroupBlockSums(item);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void GroupBlockInputGradient(void* job, long start, long end)
         {
             for (long item = start; item < end; item++) ((BackwardJob<T>*)job)->GroupBlockInputGradient(item);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void SampleBlockSums(void* job, long start, long end)
         {
             for (long item = start; item < end; item++) ((BackwardJob<T>*)job)->SampleBlockSums(item);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private static void SampleBlockInputGradient(void* job, long start, long end)
         {
             for (long item = start; item < end; item++) ((BackwardJob<T>*)job)->SampleBlockInputGradient(item);
@@ -584,15 +635,6 @@ internal static unsafe class CpuFusedKernel
 
         // Channels-first: group r = (n, g); its channels' sums live at r·D .. r·D + D − 1 (= n·C + g·D + j).
 
-        private void FusedGroup(long r)
-        {
-            long len = _plan.RowLength;
-            new Span<double>(_sumA + r * _d, (int)_d).Clear();
-            new Span<double>(_sumB + r * _d, (int)_d).Clear();
-            GroupSums(r, 0, len, _sumA + r * _d, _sumB + r * _d);
-            if (_dx != null) GroupInputGradient(r, 0, len);
-        }
-
         private void GroupBlockSums(long item)
         {
             var (start, end) = _plan.BlockRange(item % _plan.Blocks);
@@ -609,11 +651,11 @@ internal static unsafe class CpuFusedKernel
         private void GroupSums(long r, long start, long end, double* a, double* b)
         {
             T* xr = _x + r * _plan.RowLength, gr = _dy + r * _plan.RowLength;
-            double mean = _mean[r];
+            var (hi, lo) = CpuFusedLoops.Split<T>(_mean[r]);
             for (long pos = start, local = start / _s; pos < end; local++)
             {
                 long stop = Math.Min(end, (local + 1) * _s);
-                var (sa, sb) = CpuFusedLoops.GradientSums(xr + pos, gr + pos, stop - pos, mean);
+                var (sa, sb) = CpuFusedLoops.GradientSums(xr + pos, gr + pos, stop - pos, hi, lo);
                 a[local] += sa;
                 b[local] += sb;
                 pos = stop;

@@ -15,6 +15,14 @@ namespace GroupNormalization.Kernels;
 /// Contiguous loops: a span of one channel plane (channels-first). Piece loops: a block of spatial
 /// positions of a channels-last tensor, each holding C contiguous channels, with per-channel coefficients.
 /// </para>
+/// <para>
+/// 4K aliasing: an output allocated right after its input often sits a cache line or two past it modulo
+/// 4 KiB (equal-sized blocks from one heap, each with the same header and alignment). A load whose address
+/// matches an earlier, still pending store in its low 12 bits waits for that store, so a loop that stores
+/// y[i] and then loads x[i + 16] stalled on every step: a (32, 32, 16, 16) forward ran at 0.43 ns per
+/// element against 0.2 for its neighbours. The element-wise loops therefore load one step ahead of their
+/// stores, so that a load never comes after the store it aliases.
+/// </para>
 /// </summary>
 internal static unsafe partial class CpuFusedLoops
 {
@@ -82,12 +90,23 @@ internal static unsafe partial class CpuFusedLoops
             var vh = new Vector<T>(muHi);
             var vs = new Vector<T>(scale);
             var vb = new Vector<T>(shift);
-            for (; i <= n - 2 * w; i += 2 * w)
+            if (n >= 2 * w)
             {
-                var v0 = Load(x + i);
-                var v1 = Load(x + i + w);
+                // Loads run one step ahead of the stores (see the class remarks on 4K aliasing).
+                var v0 = Load(x);
+                var v1 = Load(x + w);
+                for (; i <= n - 4 * w; i += 2 * w)
+                {
+                    var n0 = Load(x + i + 2 * w);
+                    var n1 = Load(x + i + 3 * w);
+                    Store(y + i, (v0 - vh) * vs + vb);
+                    Store(y + i + w, (v1 - vh) * vs + vb);
+                    v0 = n0;
+                    v1 = n1;
+                }
                 Store(y + i, (v0 - vh) * vs + vb);
                 Store(y + i + w, (v1 - vh) * vs + vb);
+                i += 2 * w;
             }
             for (; i <= n - w; i += w)
                 Store(y + i, (Load(x + i) - vh) * vs + vb);
@@ -108,14 +127,26 @@ internal static unsafe partial class CpuFusedLoops
             var va = new Vector<T>(a);
             var vb = new Vector<T>(b);
             var vk = new Vector<T>(k);
-            for (; i <= n - 2 * w; i += 2 * w)
+            if (n >= 2 * w)
             {
-                var x0 = Load(x + i);
-                var x1 = Load(x + i + w);
-                var g0 = Load(dy + i);
-                var g1 = Load(dy + i + w);
+                // Loads run one step ahead of the stores (see the class remarks on 4K aliasing).
+                var x0 = Load(x);
+                var x1 = Load(x + w);
+                var g0 = Load(dy);
+                var g1 = Load(dy + w);
+                for (; i <= n - 4 * w; i += 2 * w)
+                {
+                    var nx0 = Load(x + i + 2 * w);
+                    var nx1 = Load(x + i + 3 * w);
+                    var ng0 = Load(dy + i + 2 * w);
+                    var ng1 = Load(dy + i + 3 * w);
+                    Store(dx + i, va * g0 + (vb * (x0 - vh) + vk));
+                    Store(dx + i + w, va * g1 + (vb * (x1 - vh) + vk));
+                    (x0, x1, g0, g1) = (nx0, nx1, ng0, ng1);
+                }
                 Store(dx + i, va * g0 + (vb * (x0 - vh) + vk));
                 Store(dx + i + w, va * g1 + (vb * (x1 - vh) + vk));
+                i += 2 * w;
             }
             for (; i <= n - w; i += w)
                 Store(dx + i, va * Load(dy + i) + (vb * (Load(x + i) - vh) + vk));
