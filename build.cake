@@ -131,7 +131,18 @@ Task("Bench")
 Task("BenchQuick")
     .IsDependentOn("Setup")
     .IsDependentOn("Build")
-    .Does(() => RunBenchmarks("--quick"));
+    .Does(() =>
+{
+    RunBenchmarks("--quick");
+    RunBenchmarks("--quick --interleaved");
+});
+
+// Ours and the built-in in alternating blocks, ratio per round: isolation, in-network and fixed cost.
+// Robust to a machine whose speed drifts; --bench-args="--warm-allocator" keeps glibc's freed memory.
+Task("BenchInterleaved")
+    .IsDependentOn("Setup")
+    .IsDependentOn("Build")
+    .Does(() => RunBenchmarks(("--interleaved " + Argument("bench-args", "")).Trim()));
 
 // Peak resident memory of one forward+backward, ours against the built-in.
 Task("BenchMemory")

@@ -28,6 +28,9 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
 {
     private const string SettingsKey = "settings";
 
+    /// <summary>Outputs of fewer elements keep TorchSharp's output cache until the graph goes (see <see cref="OutputCacheRelease"/>).</summary>
+    private const long SmallestReleasedCache = 16 * 1024;
+
     /// <summary>What forward decided and backward needs, besides the saved tensors.</summary>
     private sealed class Settings
     {
@@ -107,7 +110,9 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         // An undefined incoming gradient reaches backward as an invalid tensor instead of a zero tensor
         // built from TorchSharp's output cache, which OutputCacheRelease frees.
         ctx.set_materialize_grads(false);
-        t_contextsAfterApply!.Add(ctx);
+        // Small caches are left to TorchSharp, which frees them with the graph: releasing costs more than
+        // the few KiB it would save.
+        if (settings.Shape.Numel >= SmallestReleasedCache) t_contextsAfterApply!.Add(ctx);
 
         var release = t_releaseAfterApply!;
         release.Add(y);

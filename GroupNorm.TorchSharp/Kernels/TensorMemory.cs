@@ -52,6 +52,8 @@ internal static unsafe partial class TensorMemory
     /// </summary>
     public static ChannelLayout? DenseLayout(Tensor t)
     {
+        // Row-major is by far the common case, and libtorch answers it in one call.
+        if (t.is_contiguous()) return ChannelLayout.ChannelsFirst;
         int rank = (int)t.ndim;
         Span<long> shape = stackalloc long[rank];
         Span<long> strides = stackalloc long[rank];

@@ -23,6 +23,14 @@ public sealed record BenchCase(long N, long C, long H, long W, long G)
         new BenchCase(16, 16, 32, 32, 8),
     };
 
+    /// <summary>The sample's ResNet-20 at batch 32 with its 8 groups: one shape per stage (16, 32 and 64 channels).</summary>
+    public static IReadOnlyList<BenchCase> ResNet20 { get; } = new[]
+    {
+        new BenchCase(32, 16, 32, 32, 8),
+        new BenchCase(32, 32, 16, 16, 8),
+        new BenchCase(32, 64, 8, 8, 8),
+    };
+
     public static IEnumerable<BenchCase> Quick => Standard.Where(c => c.Numel <= 300_000).Take(1);
 
     // BenchmarkDotNet prints parameters with ToString: keep it short and stable for the report.

@@ -13,6 +13,8 @@ namespace GroupNormalization.Benchmarks;
 ///   (no args)   every benchmark, then the README table (BenchmarkDotNet.Artifacts/groupnorm-table.md)
 ///   --quick     one small shape, one iteration each: a smoke test that every benchmark runs
 ///   --memory    peak resident memory of forward+backward, ours against the built-in
+///   --interleaved  ours and the built-in in alternating blocks, ratio per round (robust to machine drift):
+///               isolation, in-network (Conv2d → GroupNorm → ReLU) and fixed cost
 ///   --warm-allocator  glibc keeps freed memory (see GlibcAllocator.KeepFreedMemory), so that page faults
 ///               from the heap state earlier benchmarks left do not land on one side of a comparison
 ///   --filter *Overhead*   BenchmarkDotNet's own filters work as usual
@@ -28,11 +30,13 @@ public static class Program
         var rest = new List<string>(args);
         Quick = rest.Remove("--quick");
         if (rest.Remove("--memory")) return PeakMemory.Run(Quick, Console.Out);
-        if (rest.Remove("--warm-allocator"))
+        bool warm = rest.Remove("--warm-allocator");
+        if (warm)
         {
             bool kept = GlibcAllocator.KeepFreedMemory();
             Console.WriteLine(kept ? "Warm allocator: glibc keeps freed memory (mmap threshold 32 MiB, trim threshold 1 GiB)." : "Warm allocator: not glibc, nothing changed.");
         }
+        if (rest.Remove("--interleaved")) return Interleaved.Run(Quick, Console.Out);
         if (!rest.Contains("--filter")) rest.AddRange(AllBenchmarks);
 
         // In-process: the tensors' native library is loaded once, and no per-benchmark project is built.

@@ -67,6 +67,41 @@ public sealed unsafe class ParallelForTests
         Assert.That(hits, Is.All.EqualTo(1));
     }
 
+    /// <summary>
+    /// Thread t of T starts on items [t·n/T, (t+1)·n/T), the part libtorch's own loops give it (and so the
+    /// part its cache holds after the op before), and takes over the other ranges only afterwards.
+    /// </summary>
+    [Test]
+    public void AThreadStartsOnItsOwnRangeThenTakesOverTheOthers()
+    {
+        var starts = new System.Collections.Generic.List<long>();
+        var hits = new int[100];
+        var handle = GCHandle.Alloc((starts, hits));
+        try
+        {
+            var job = new ParallelJob(100, 4, &RecordChunk, (void*)GCHandle.ToIntPtr(handle));
+            job.Work(2);
+            Assert.That(job.Finished, Is.True);
+        }
+        finally
+        {
+            handle.Free();
+        }
+        Assert.Multiple(() =>
+        {
+            Assert.That(starts[0], Is.EqualTo(50), "thread 2 of 4 starts at item 50");
+            Assert.That(starts.TakeWhile(s => s < 75).All(s => s >= 50), Is.True, "its own range comes first");
+            Assert.That(hits, Is.All.EqualTo(1), "alone, it runs every range");
+        });
+    }
+
+    private static void RecordChunk(void* state, long start, long end)
+    {
+        var (starts, hits) = ((System.Collections.Generic.List<long>, int[]))GCHandle.FromIntPtr((IntPtr)state).Target!;
+        starts.Add(start);
+        for (long i = start; i < end; i++) hits[i]++;
+    }
+
     /// <summary>A loop started from inside a loop's item runs on that item's thread, as libtorch's parallel_for does.</summary>
     [Test]
     public void ANestedLoopRunsEveryItemOnce([Values] bool openMp)

@@ -10,12 +10,13 @@ namespace GroupNormalization.Kernels.Threading;
 /// <para>
 /// Why not <see cref="System.Threading.Tasks.Parallel"/>: waking .NET thread-pool threads costs tens of
 /// microseconds, as long as a whole GroupNorm on a 160K-element tensor. These workers spin for
-/// <see cref="SpinMicroseconds"/> after a job (back-to-back layers find them awake), then sleep.
+/// <see cref="SpinMicroseconds"/> after a job (back-to-back layers find them awake), then sleep. The caller is thread 0 of a job and
+/// worker i its thread i, each starting on its own range of items (<see cref="ParallelJob"/>).
 /// </para>
 /// <para>
 /// Inside a network this pool competes for cores with libtorch's OpenMP threads, which keep spinning
 /// after each op; that is why OpenMP is preferred. Items are claimed (<see cref="ParallelJob"/>), so a
-/// worker that wakes late finds nothing left and the worst case is the caller doing everything alone.
+/// worker that wakes late finds its range taken over and the worst case is the caller doing everything alone.
 /// </para>
 /// <para>
 /// Each job lives in its own heap object and workers take jobs from a one-slot mailbox, so concurrent
@@ -40,7 +41,7 @@ internal static unsafe class KernelThreads
         threads = (int)Math.Min(Math.Min(threads, workers.Length + 1), count);
         var job = new Job(new ParallelJob(count, threads, body, state));
         for (int w = 0; w < threads - 1; w++) workers[w].Post(job);
-        job.Items.Work();
+        job.Items.Work(0);
         var spin = new SpinWait();
         while (!job.Items.Finished) spin.SpinOnce(sleep1Threshold: -1);
         job.Items.ThrowIfFailed();
@@ -69,8 +70,11 @@ internal static unsafe class KernelThreads
         private readonly ManualResetEventSlim _wake = new(false, 0);
         private Job? _mailbox;
 
+        private readonly int _index;
+
         public Worker(int index)
         {
+            _index = index;
             var thread = new Thread(Loop) { IsBackground = true, Name = $"GroupNorm kernel worker {index}" };
             thread.Start();
         }
@@ -101,7 +105,7 @@ internal static unsafe class KernelThreads
                     if (Volatile.Read(ref _mailbox) is null) _wake.Wait();
                     deadline = Stopwatch.GetTimestamp() + SpinTicks;
                 }
-                job.Items.Work();
+                job.Items.Work(_index);
             }
         }
     }

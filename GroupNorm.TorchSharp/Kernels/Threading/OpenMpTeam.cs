@@ -81,7 +81,7 @@ internal static unsafe class OpenMpTeam
     }
 
     [UnmanagedCallersOnly]
-    private static void Region(void* job) => ((ParallelJob*)job)->Work();
+    private static void Region(void* job) => ((ParallelJob*)job)->Work(s_threadNum());
 
     private struct EveryThread
     {

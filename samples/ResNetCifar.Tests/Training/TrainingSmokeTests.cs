@@ -46,6 +46,35 @@ public sealed class TrainingSmokeTests
         Assert.That(result.FinalTestAccuracy, Is.InRange(0.0, 1.0));
     }
 
+    /// <summary>
+    /// --channels-last: the batch reaches every layer in channels_last (so that our GroupNorm runs its
+    /// channels-last kernels), and one training step gives the same loss as in NCHW.
+    /// </summary>
+    [Test]
+    public void ChannelsLastTrainsLikeNchw()
+    {
+        using var batch = torch.randn(4, 3, 32, 32);
+        using var channelsLast = MemoryFormat.Apply(batch, channelsLast: true);
+        using var permuted = channelsLast.permute(0, 2, 3, 1);
+        Assert.Multiple(() =>
+        {
+            Assert.That(channelsLast.shape, Is.EqualTo(batch.shape));
+            Assert.That(permuted.is_contiguous(), Is.True, "channels are not innermost");
+            Assert.That(channelsLast.eq(batch).all().item<bool>(), Is.True, "the values changed");
+            Assert.That(ReferenceEquals(MemoryFormat.Apply(batch, channelsLast: false), batch), Is.True);
+        });
+
+        double LossAfterOneStep(bool cl)
+        {
+            using var train = Synthetic(16, 3, false);
+            using var test = Synthetic(16, 3, false);
+            torch.manual_seed(3);
+            var settings = new TrainSettings { BatchSize = 16, Epochs = 1, LearningRate = 0.05, ChannelsLast = cl, Seed = 3 };
+            return Trainer.Run(settings, train, test, new SilentProgressDisplay()).FinalTestLoss;
+        }
+        Assert.That(LossAfterOneStep(true), Is.EqualTo(LossAfterOneStep(false)).Within(1e-4).Percent);
+    }
+
     [Test]
     public void CheckpointResumesAtTheNextEpochAndCsvGetsOneLinePerEpoch()
     {
