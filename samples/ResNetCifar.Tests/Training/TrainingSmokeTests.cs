@@ -64,6 +64,15 @@ public sealed class TrainingSmokeTests
             Assert.That(ReferenceEquals(MemoryFormat.Apply(batch, channelsLast: false), batch), Is.True);
         });
 
+        // Fashion-MNIST has one channel, which a permute-and-copy leaves row-major: the convolution after it
+        // must still run in channels_last.
+        using var conv = nn.Conv2d(1, 8, 3, padding: 1);
+        MemoryFormat.ConvertWeights(conv, channelsLast: true);
+        using var gray = MemoryFormat.Apply(torch.randn(2, 1, 8, 8), channelsLast: true);
+        using var h = conv.forward(gray);
+        using var hp = h.permute(0, 2, 3, 1);
+        Assert.That(hp.is_contiguous(), Is.True, "the convolution did not run in channels_last");
+
         double LossAfterOneStep(bool cl)
         {
             using var train = Synthetic(16, 3, false);

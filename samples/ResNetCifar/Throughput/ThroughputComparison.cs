@@ -32,6 +32,8 @@ internal static class ThroughputComparison
         using var builtin = ModelFactory.Create(settings.Model, settings.Depth, train.Channels, 10, builtinSettings.CreateNormFactory(), display.WriteLine);
         ours.to(device);
         builtin.to(device);
+        MemoryFormat.ConvertWeights(ours, settings.ChannelsLast);
+        MemoryFormat.ConvertWeights(builtin, settings.ChannelsLast);
         using var oursOptimizer = Trainer.CreateOptimizer(ours, oursSettings);
         using var builtinOptimizer = Trainer.CreateOptimizer(builtin, builtinSettings);
         var batchSize = settings.BatchSize;

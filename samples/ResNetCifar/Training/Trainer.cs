@@ -28,6 +28,7 @@ internal static class Trainer
         torch.manual_seed(settings.Seed);
         using var model = ModelFactory.Create(settings.Model, settings.Depth, train.Channels, 10, settings.CreateNormFactory(), display.WriteLine);
         model.to(device);
+        MemoryFormat.ConvertWeights(model, settings.ChannelsLast);
         using var optimizer = CreateOptimizer(model, settings);
         return Run(settings, model, optimizer, train, test, device, display);
     }
