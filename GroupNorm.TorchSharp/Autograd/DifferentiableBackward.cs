@@ -1,4 +1,3 @@
-using System;
 using GroupNormalization.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -27,8 +26,9 @@ internal static class DifferentiableBackward
         var opmath = DeviceGenericKernel.OpMathType(x.dtype);
         var groupDims = new long[] { 2, 3 };
 
+        // The fused path's array holds μ in its first Rows entries (then r).
         var savedMean = saved.Host is { } host
-            ? torch.tensor(host.AsSpan(0, (int)s.Rows).ToArray(), ScalarType.Float64, x.device)
+            ? torch.tensor(host, ScalarType.Float64, x.device).narrow(0, 0, s.Rows)
             : saved.Mean!.detach();
         var shift = savedMean.to(opmath).view(s.N, s.G, 1, 1);
         var xs = x.reshape(s.N, s.G, s.D, s.S).to(opmath) - shift;

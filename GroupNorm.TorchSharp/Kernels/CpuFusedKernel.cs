@@ -40,6 +40,9 @@ internal static unsafe class CpuFusedKernel
     /// <summary>Bytes of channels-first rows reduced before their outputs are written (see <see cref="RowBatch{T}"/>).</summary>
     private const int BatchBytes = 32 * 1024;
 
+    /// <summary>Up to this many rows, inference keeps its statistics on the stack.</summary>
+    private const int StackRows = 256;
+
     /// <summary>Below this many elements, waking a second thread costs more than it saves.</summary>
     private const long SerialElements = 1 << 15;
 
@@ -85,13 +88,27 @@ internal static unsafe class CpuFusedKernel
         }
     }
 
+    /// <summary>Forward without a graph: the statistics live on the stack, or in scratch memory for many rows.</summary>
+    public static Tensor Infer(Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
+    {
+        long rows = shape.Rows;
+        if (rows <= StackRows)
+        {
+            double* stack = stackalloc double[(int)(2 * rows)];
+            return Forward(x, weight, bias, shape, eps, stack, stack + rows);
+        }
+        using var scratch = new Scratch(2 * rows * sizeof(double));
+        double* mean = (double*)scratch.Pointer;
+        return Forward(x, weight, bias, shape, eps, mean, mean + rows);
+    }
+
     /// <summary>The gradients <paramref name="need"/> asks for, from forward's statistics.</summary>
     public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
         Tensor dy, Tensor x, double* mean, double* rstd, Tensor? weight, GroupNormShape shape, GradientRequest need)
     {
         var xLayout = TensorMemory.DenseLayout(x);
         var layout = xLayout ?? ChannelLayout.ChannelsFirst;
-        using var xCopy = xLayout is null ? TensorMemory.ToLayout(x, layout) : null;
+        using var xCopy = xLayout is null ? TensorMemory.DenseCopy(x, layout) : null;
         using var dyCopy = TensorMemory.CopyUnlessIn(dy, layout);
         var xd = xCopy ?? x;
         var dyd = dyCopy ?? dy;

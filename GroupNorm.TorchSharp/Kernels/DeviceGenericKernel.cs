@@ -102,7 +102,7 @@ internal static class DeviceGenericKernel
     {
         if (like.ndim < 3) return grad;
         return TensorMemory.DenseLayout(like) == ChannelLayout.ChannelsLast && TensorMemory.DenseLayout(grad) != ChannelLayout.ChannelsLast
-            ? TensorMemory.ToLayout(grad, ChannelLayout.ChannelsLast)
+            ? TensorMemory.DenseCopy(grad, ChannelLayout.ChannelsLast)
             : grad;
     }
 }

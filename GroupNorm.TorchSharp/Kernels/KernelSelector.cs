@@ -1,5 +1,4 @@
 using System;
-using System.Runtime.InteropServices;
 using static TorchSharp.torch;
 
 namespace GroupNormalization.Kernels;
@@ -28,9 +27,6 @@ internal readonly record struct Statistics(double[]? Host, Tensor? Mean, Tensor?
 /// </summary>
 internal static unsafe class KernelSelector
 {
-    /// <summary>Up to this many rows, inference keeps its statistics on the stack.</summary>
-    private const int StackRows = 256;
-
     [ThreadStatic]
     private static KernelKind? t_forced;
 
@@ -63,21 +59,7 @@ internal static unsafe class KernelSelector
             rstd.Dispose();
             return y;
         }
-        long rows = shape.Rows;
-        if (rows <= StackRows)
-        {
-            double* s = stackalloc double[(int)(2 * rows)];
-            return CpuFusedKernel.Forward(x, weight, bias, shape, eps, s, s + rows);
-        }
-        double* heap = (double*)NativeMemory.Alloc((nuint)(2 * rows), sizeof(double));
-        try
-        {
-            return CpuFusedKernel.Forward(x, weight, bias, shape, eps, heap, heap + rows);
-        }
-        finally
-        {
-            NativeMemory.Free(heap);
-        }
+        return CpuFusedKernel.Infer(x, weight, bias, shape, eps);
     }
 
     public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(

@@ -104,12 +104,11 @@ internal static unsafe partial class TensorMemory
 
     /// <summary>A dense copy of <paramref name="t"/> in <paramref name="layout"/>, or null when it already is dense that way.</summary>
     public static Tensor? CopyUnlessIn(Tensor t, ChannelLayout layout) =>
-        DenseLayout(t) == layout ? null : ToLayout(t, layout);
+        DenseLayout(t) == layout ? null : DenseCopy(t, layout);
 
-    /// <summary>A dense copy of <paramref name="t"/> in the given layout (an alias when it already is).</summary>
-    public static Tensor ToLayout(Tensor t, ChannelLayout layout)
+    /// <summary>A dense copy of <paramref name="t"/> in <paramref name="layout"/>, for a caller that knows it is not.</summary>
+    public static Tensor DenseCopy(Tensor t, ChannelLayout layout)
     {
-        if (DenseLayout(t) == layout) return t.alias();
         if (layout == ChannelLayout.ChannelsFirst) return t.contiguous();
 
         int rank = (int)t.ndim;
