@@ -11,19 +11,24 @@ public static class Functional
 {
     /// <summary>
     /// Normalizes <paramref name="input"/> over groups of channels:
-    /// y = (x − μ) / √(σ² + eps) · weight[c] + bias[c], with μ and the biased σ² taken per sample over
+    /// y = act((x − μ) / √(σ² + eps) · weight[c] + bias[c]), with μ and the biased σ² taken per sample over
     /// each group's channels and all spatial positions.
     /// </summary>
     /// <param name="input">A floating-point tensor of shape (N, C, *), rank 2 to any.</param>
     /// <param name="num_groups">Number of groups; must divide C.</param>
-    /// <param name="weight">Optional per-channel scale γ of shape (C), same dtype and device as input.</param>
-    /// <param name="bias">Optional per-channel shift β of shape (C), same dtype and device as input.</param>
+    /// <param name="weight">
+    /// Optional per-channel scale γ of shape (C), on the input's device, in the input's dtype; or float32 for a
+    /// float16/bfloat16 input (mixed precision, as PyTorch allows on CPU): the output keeps the input's dtype.
+    /// </param>
+    /// <param name="bias">Optional per-channel shift β of shape (C), with the same rules as weight.</param>
     /// <param name="eps">Added to the variance for numerical stability; must be ≥ 0.</param>
+    /// <param name="activation">Activation fused after the normalization (default none).</param>
     /// <returns>A tensor of the input's shape, dtype, device and memory format.</returns>
     /// <exception cref="System.ArgumentException">An argument is malformed; the message names it and its value.</exception>
-    public static Tensor group_norm(Tensor input, long num_groups, Tensor? weight = null, Tensor? bias = null, double eps = 1e-5)
+    public static Tensor group_norm(Tensor input, long num_groups, Tensor? weight = null, Tensor? bias = null, double eps = 1e-5,
+        Activation activation = Activation.None)
     {
-        var shape = GroupNormArguments.Validate(input, num_groups, weight, bias, eps);
-        return GroupNormFunction.Apply(input, weight, bias, shape, eps);
+        var shape = GroupNormArguments.Validate(input, num_groups, weight, bias, eps, activation: activation);
+        return GroupNormFunction.Apply(input, weight, bias, shape, eps, activation);
     }
 }

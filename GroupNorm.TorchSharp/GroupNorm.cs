@@ -32,13 +32,16 @@ public sealed class GroupNorm : torch.nn.Module<Tensor, Tensor>
     /// <param name="affine">Whether to learn per-channel weight and bias.</param>
     /// <param name="device">Device for the parameters (default: TorchSharp's default device).</param>
     /// <param name="dtype">Floating dtype for the parameters (default: TorchSharp's default dtype).</param>
+    /// <param name="activation">Activation fused after the normalization (default none): the module computes act(GroupNorm(x)).</param>
     /// <exception cref="System.ArgumentException">An argument is out of range; the message names it and its value.</exception>
-    public GroupNorm(long num_groups, long num_channels, double eps = 1e-5, bool affine = true, Device? device = null, ScalarType? dtype = null)
+    public GroupNorm(long num_groups, long num_channels, double eps = 1e-5, bool affine = true, Device? device = null, ScalarType? dtype = null,
+        Activation activation = Activation.None)
         : base(nameof(GroupNorm))
     {
         GroupNormArguments.ValidateNumGroups(num_groups);
         GroupNormArguments.ValidateNumChannels(num_channels, num_groups);
         GroupNormArguments.ValidateEps(eps);
+        GroupNormArguments.ValidateActivation(activation);
         if (dtype is ScalarType requested && !GroupNormArguments.IsSupportedFloat(requested))
             throw new System.ArgumentException($"dtype must be a floating-point type (Float16, BFloat16, Float32 or Float64), but got dtype={requested}.", nameof(dtype));
 
@@ -46,6 +49,7 @@ public sealed class GroupNorm : torch.nn.Module<Tensor, Tensor>
         this.num_channels = num_channels;
         _eps = eps;
         this.affine = affine;
+        this.activation = activation;
 
         if (affine)
         {
@@ -64,6 +68,9 @@ public sealed class GroupNorm : torch.nn.Module<Tensor, Tensor>
 
     /// <summary>Whether the module has learnable per-channel weight and bias.</summary>
     public bool affine { get; }
+
+    /// <summary>The activation applied to the normalized output in the same kernel (<see cref="Activation.None"/> for plain GroupNorm).</summary>
+    public Activation activation { get; }
 
     /// <summary>Added to the variance for numerical stability; must be ≥ 0.</summary>
     public double eps
@@ -98,17 +105,21 @@ public sealed class GroupNorm : torch.nn.Module<Tensor, Tensor>
         _bias?.zero_();
     }
 
-    /// <summary>Normalizes <paramref name="input"/> of shape (N, num_channels, *).</summary>
+    /// <summary>Normalizes <paramref name="input"/> of shape (N, num_channels, *), then applies <see cref="activation"/>.</summary>
     /// <exception cref="System.ArgumentException">The input is malformed; the message names it and its value.</exception>
     public override Tensor forward(Tensor input)
     {
         var shape = GroupNormArguments.Validate(input, num_groups, _weight, _bias, _eps, num_channels);
-        return GroupNormFunction.Apply(input, _weight, _bias, shape, _eps);
+        return GroupNormFunction.Apply(input, _weight, _bias, shape, _eps, activation);
     }
 
-    /// <summary>PyTorch's repr: <c>GroupNorm(32, 256, eps=1e-05, affine=True)</c>.</summary>
+    /// <summary>
+    /// PyTorch's repr, <c>GroupNorm(32, 256, eps=1e-05, affine=True)</c>, with <c>, activation=SiLU</c> appended
+    /// when an activation is fused.
+    /// </summary>
     public override string ToString() =>
-        $"GroupNorm({num_groups}, {num_channels}, eps={GroupNormArguments.Format(_eps)}, affine={(affine ? "True" : "False")})";
+        $"GroupNorm({num_groups}, {num_channels}, eps={GroupNormArguments.Format(_eps)}, affine={(affine ? "True" : "False")}" +
+        (activation == Activation.None ? ")" : $", activation={activation})");
 
     private Parameter? Replace(Parameter? current, Parameter? value, string name)
     {

@@ -50,16 +50,24 @@ internal static class GroupNormArguments
             throw new ArgumentOutOfRangeException(nameof(eps), eps, $"eps must be a non-negative number, but got eps={Format(eps)}.");
     }
 
+    public static void ValidateActivation(Activation activation)
+    {
+        if (!Enum.IsDefined(activation))
+            throw new ArgumentOutOfRangeException(nameof(activation), activation, $"activation must be one of None, SiLU or ReLU, but got activation={(int)activation}.");
+    }
+
     /// <summary>
     /// Checks a whole call and returns its geometry. <c>num_channels</c> is the channel count a module was
     /// built for, or null for the functional form.
     /// </summary>
-    public static GroupNormShape Validate(Tensor input, long num_groups, Tensor? weight, Tensor? bias, double eps, long? num_channels = null)
+    public static GroupNormShape Validate(Tensor input, long num_groups, Tensor? weight, Tensor? bias, double eps, long? num_channels = null,
+        Activation activation = Activation.None)
     {
         ArgumentNullException.ThrowIfNull(input);
         RequireLive(input, nameof(input));
         ValidateNumGroups(num_groups);
         ValidateEps(eps);
+        ValidateActivation(activation);
 
         if (input.is_sparse)
             throw new ArgumentException("group_norm expects a dense (strided) input, but got a sparse tensor.", nameof(input));
@@ -82,9 +90,15 @@ internal static class GroupNormArguments
 
         long s = 1;
         for (int i = 2; i < rank; i++) s *= input.size(i);
+        // PyTorch's F.group_norm refuses a batch whose every group is a single value (its variance is 0 and
+        // the output is β whatever x is); an empty batch is allowed.
+        if (n * (c / num_groups) * s == 1)
+            throw new ArgumentException($"Expected more than 1 value per group, but got input of shape {ShapeText(input.shape)} with num_groups={num_groups}: every group holds a single value.", nameof(input));
 
         ValidateParameter(weight, nameof(weight), input, c);
         ValidateParameter(bias, nameof(bias), input, c);
+        if (weight is not null && bias is not null && weight.dtype != bias.dtype)
+            throw new ArgumentException($"Expected weight and bias to have the same dtype, but got weight of dtype {weight.dtype} and bias of dtype {bias.dtype}.", nameof(bias));
 
         return new GroupNormShape(n, c, num_groups, s);
     }
@@ -97,8 +111,8 @@ internal static class GroupNormArguments
             throw new ArgumentException($"Expected {name} to be a vector of size equal to the number of channels in input, but got {name} of shape {ShapeText(p.shape)} and input of shape {ShapeText(input.shape)}.", name);
         if (p.is_sparse)
             throw new ArgumentException($"Expected {name} to be a dense (strided) tensor, but got a sparse tensor.", name);
-        if (p.dtype != input.dtype)
-            throw new ArgumentException($"Expected {name} to have the same dtype as input ({input.dtype}), but got {name} of dtype {p.dtype}. Convert the module with .to({input.dtype}) or the input with .to({p.dtype}).", name);
+        if (p.dtype != input.dtype && !IsMixedPrecision(input.dtype, p.dtype))
+            throw new ArgumentException($"Expected {name} to have the same dtype as input ({input.dtype}), or Float32 for a Float16/BFloat16 input, but got {name} of dtype {p.dtype}. Convert the module with .to({input.dtype}) or the input with .to({p.dtype}).", name);
         var pType = p.device_type;
         var inputType = input.device_type;
         if (pType != inputType || (pType != DeviceType.CPU && p.device_index != input.device_index))
@@ -110,6 +124,10 @@ internal static class GroupNormArguments
         if (t.IsInvalid)
             throw new ArgumentException($"{name} has been disposed; its native tensor no longer exists.", name);
     }
+
+    /// <summary>A half-precision input with float32 parameters, which PyTorch accepts on CPU and CUDA.</summary>
+    internal static bool IsMixedPrecision(ScalarType input, ScalarType parameter) =>
+        input is ScalarType.Float16 or ScalarType.BFloat16 && parameter == ScalarType.Float32;
 
     internal static bool IsSupportedFloat(ScalarType dtype) =>
         dtype is ScalarType.Float32 or ScalarType.Float64 or ScalarType.Float16 or ScalarType.BFloat16;

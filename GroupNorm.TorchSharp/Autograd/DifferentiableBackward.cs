@@ -20,10 +20,12 @@ internal static class DifferentiableBackward
     // mean and variance exact in float32 when |μ| ≫ σ (x − μ_saved is exact near μ), and the shift
     // cancels in every derivative.
     public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Compute(
-        Tensor dy, Tensor x, Tensor? weight, Statistics saved, GroupNormShape s, double eps, GradientRequest need)
+        Tensor dy, Tensor x, Epilogue epilogue, Statistics saved, GroupNormShape s, double eps, GradientRequest need)
     {
         using var scope = torch.NewDisposeScope();
+        var (weight, bias, activation) = epilogue;
         var opmath = DeviceGenericKernel.OpMathType(x.dtype);
+        var parameterType = epilogue.ParameterType(x.dtype);
         var groupDims = new long[] { 2, 3 };
 
         // The fused path's array holds μ in its first Rows entries (then r).
@@ -36,19 +38,27 @@ internal static class DifferentiableBackward
         var centred = xs - xs.mean(groupDims, keepdim: true);
         var r = (centred.square().mean(groupDims, keepdim: true) + eps).rsqrt();
         var xhat = centred * r;
+        var gamma = weight?.to(opmath).view(1, s.G, s.D, 1);
+        if (activation != Activation.None)
+        {
+            // The pre-activation, rebuilt with recorded ops: act′(z) depends on x, γ and β too.
+            var z = gamma is null ? xhat : xhat * gamma;
+            if (bias is not null) z = z + bias.to(opmath).view(1, s.G, s.D, 1);
+            dys = DeviceGenericKernel.ActivationGradient(dys, z, activation);
+        }
 
         Tensor? dx = null, dweight = null, dbias = null;
         if (need.Input)
         {
-            var g = weight is null ? dys : dys * weight.to(opmath).view(1, s.G, s.D, 1);
+            var g = gamma is null ? dys : dys * gamma;
             var meanG = g.mean(groupDims, keepdim: true);
             var meanGx = (g * xhat).mean(groupDims, keepdim: true);
             dx = (r * (g - meanG - xhat * meanGx)).reshape(x.shape).to(x.dtype);
         }
         if (need.Weight)
-            dweight = (dys * xhat).sum(new long[] { 0, 3 }).reshape(s.C).to(x.dtype);
+            dweight = (dys * xhat).sum(new long[] { 0, 3 }).reshape(s.C).to(parameterType);
         if (need.Bias)
-            dbias = dys.sum(new long[] { 0, 3 }).reshape(s.C).to(x.dtype);
+            dbias = dys.sum(new long[] { 0, 3 }).reshape(s.C).to(parameterType);
 
         return (dx?.MoveToOuterDisposeScope(), dweight?.MoveToOuterDisposeScope(), dbias?.MoveToOuterDisposeScope());
     }

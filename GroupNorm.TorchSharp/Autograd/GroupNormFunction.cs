@@ -34,10 +34,11 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
     /// <summary>What forward decided and backward needs, besides the saved tensors.</summary>
     private sealed class Settings
     {
-        public Settings(GroupNormShape shape, double eps, KernelKind kernel, GradientRequest need)
+        public Settings(GroupNormShape shape, double eps, Activation activation, KernelKind kernel, GradientRequest need)
         {
             Shape = shape;
             Eps = eps;
+            Activation = activation;
             Kernel = kernel;
             Need = need;
         }
@@ -45,6 +46,8 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         public GroupNormShape Shape { get; }
 
         public double Eps { get; }
+
+        public Activation Activation { get; }
 
         public KernelKind Kernel { get; }
 
@@ -66,16 +69,16 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
     public override string Name => "GroupNormBackward";
 
     /// <summary>Runs GroupNorm on validated arguments, recording a graph node only when a gradient can flow.</summary>
-    public static Tensor Apply(Tensor input, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
+    public static Tensor Apply(Tensor input, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps, Activation activation)
     {
         ReturnedGradients.ReleasePrevious();
-        var kernel = KernelSelector.Select(input);
+        var kernel = activation == Activation.None ? KernelSelector.Select(input) : KernelKind.DeviceGeneric;
         var need = new GradientRequest(input.requires_grad, weight?.requires_grad ?? false, bias?.requires_grad ?? false);
 
         if (!need.Any || !torch.is_grad_enabled())
         {
             // Inference: no graph, so skip the node and its bookkeeping entirely.
-            return KernelSelector.Infer(kernel, input, weight, bias, shape, eps);
+            return KernelSelector.Infer(kernel, input, new Epilogue(weight, bias, activation), shape, eps);
         }
 
         var release = t_releaseAfterApply ??= new List<Tensor>(4);
@@ -83,7 +86,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         int mark = release.Count, contextMark = contexts.Count;
         try
         {
-            return apply(input, weight, bias, new Settings(shape, eps, kernel, need));
+            return apply(input, weight, bias, new Settings(shape, eps, activation, kernel, need));
         }
         finally
         {
@@ -101,11 +104,17 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         var bias = vars[2] as Tensor;
         var settings = (Settings)vars[3];
 
-        var (y, statistics) = KernelSelector.Forward(settings.Kernel, x, weight, bias, settings.Shape, settings.Eps);
+        var (y, statistics) = KernelSelector.Forward(settings.Kernel, x, new Epilogue(weight, bias, settings.Activation), settings.Shape, settings.Eps);
         settings.HostStatistics = statistics.Host;
-        ctx.save_for_backward(statistics.Host is null
-            ? new List<Tensor> { x, weight!, statistics.Mean!, statistics.Rstd! }
-            : new List<Tensor> { x, weight! });
+        // x, γ; β only when an activation makes backward rebuild the pre-activation; the generic path's μ and r last.
+        var saved = new List<Tensor>(5) { x, weight! };
+        if (settings.Activation != Activation.None) saved.Add(bias!);
+        if (statistics.Host is null)
+        {
+            saved.Add(statistics.Mean!);
+            saved.Add(statistics.Rstd!);
+        }
+        ctx.save_for_backward(saved);
         ctx.save_data(SettingsKey, settings);
         // An undefined incoming gradient reaches backward as an invalid tensor instead of a zero tensor
         // built from TorchSharp's output cache, which OutputCacheRelease frees.
@@ -153,13 +162,16 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
             var saved = ctx.get_saved_variables();
             Tensor x = saved[0];
             Tensor? weight = saved[1];
+            int next = 2;
+            Tensor? bias = settings.Activation == Activation.None ? null : saved[next++];
             var statistics = settings.HostStatistics is { } host
                 ? new Statistics(host, null, null)
-                : new Statistics(null, saved[2], saved[3]);
+                : new Statistics(null, saved[next], saved[next + 1]);
+            var epilogue = new Epilogue(weight, bias, settings.Activation);
 
             (dx, dweight, dbias) = torch.is_grad_enabled()
-                ? DifferentiableBackward.Compute(gradOutput, x, weight, statistics, settings.Shape, settings.Eps, need)
-                : KernelSelector.Backward(settings.Kernel, gradOutput, x, statistics, weight, settings.Shape, need);
+                ? DifferentiableBackward.Compute(gradOutput, x, epilogue, statistics, settings.Shape, settings.Eps, need)
+                : KernelSelector.Backward(settings.Kernel, gradOutput, x, statistics, epilogue, settings.Shape, need);
 
             // Out of this scope, released at the next call (see ReturnedGradients); everything else made here goes now.
             ReturnedGradients.Hold(dx);

@@ -17,8 +17,9 @@ internal static class DeviceGenericKernel
     internal static ScalarType OpMathType(ScalarType dtype) =>
         dtype is ScalarType.Float16 or ScalarType.BFloat16 ? ScalarType.Float32 : dtype;
 
-    public static (Tensor Y, Tensor Mean, Tensor Rstd) Forward(Tensor x, Tensor? weight, Tensor? bias, GroupNormShape s, double eps)
+    public static (Tensor Y, Tensor Mean, Tensor Rstd) Forward(Tensor x, Epilogue epilogue, GroupNormShape s, double eps)
     {
+        var (weight, bias, activation) = epilogue;
         using var scope = torch.NewDisposeScope();
         var opmath = OpMathType(x.dtype);
 
@@ -35,16 +36,21 @@ internal static class DeviceGenericKernel
 
         var broadcast = BroadcastShape(x.ndim, s);
         var y = torch.addcmul(shift.reshape(broadcast), x, scale.reshape(broadcast), 1);
+        // In the opmath type, before a half input's output is rounded once.
+        if (activation == Activation.SiLU) y = y.silu_();
+        else if (activation == Activation.ReLU) y = y.relu_();
         if (y.dtype != x.dtype) y = y.to(x.dtype);
 
         return (y.MoveToOuterDisposeScope(), mean.MoveToOuterDisposeScope(), rstd.MoveToOuterDisposeScope());
     }
 
     public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
-        Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor? weight, GroupNormShape s, GradientRequest need)
+        Tensor dy, Tensor x, Tensor mean, Tensor rstd, Epilogue epilogue, GroupNormShape s, GradientRequest need)
     {
         using var scope = torch.NewDisposeScope();
+        var (weight, bias, activation) = epilogue;
         var opmath = OpMathType(x.dtype);
+        var parameterType = epilogue.ParameterType(x.dtype);
 
         var xs = x.reshape(s.N, s.G, s.D, s.S);
         var dys = dy.reshape(s.N, s.G, s.D, s.S);
@@ -54,6 +60,14 @@ internal static class DeviceGenericKernel
         var r = rstd.to(opmath).view(s.N, s.G, 1);
 
         var centred = xs - m;
+        if (activation != Activation.None)
+        {
+            // The pre-activation z = (x − μ)·r·γ + β, rebuilt rather than saved; from here on dy is dz.
+            var z = centred * r.unsqueeze(3);
+            if (weight is not null) z = z.mul_(weight.to(opmath).view(1, s.G, s.D, 1));
+            if (bias is not null) z = z.add_(bias.to(opmath).view(1, s.G, s.D, 1));
+            dys = ActivationGradient(dys, z, activation);
+        }
         var sumA = dys.sum(dim: 3);                // A[n, g, j] = Σ_s dy
         var sumB = (dys * centred).sum(dim: 3);    // B[n, g, j] = Σ_s dy·(x − μ)
 
@@ -76,15 +90,33 @@ internal static class DeviceGenericKernel
         if (need.Weight)
         {
             dweight = (sumB * r).sum(dim: 0).reshape(s.C);
-            if (dweight.dtype != x.dtype) dweight = dweight.to(x.dtype);
+            if (dweight.dtype != parameterType) dweight = dweight.to(parameterType);
         }
         if (need.Bias)
         {
             dbias = sumA.sum(dim: 0).reshape(s.C);
-            if (dbias.dtype != x.dtype) dbias = dbias.to(x.dtype);
+            if (dbias.dtype != parameterType) dbias = dbias.to(parameterType);
         }
 
         return (dx?.MoveToOuterDisposeScope(), dweight?.MoveToOuterDisposeScope(), dbias?.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// dz = dy·act′(z), out of place so that it can be recorded for double backward (formulas in
+    /// <see cref="GroupNormMath"/>).
+    /// </summary>
+    internal static Tensor ActivationGradient(Tensor dy, Tensor z, Activation activation)
+    {
+        switch (activation)
+        {
+            case Activation.SiLU:
+                var sigmoid = z.sigmoid();
+                return dy * sigmoid * (1 + z * (1 - sigmoid));
+            case Activation.ReLU:
+                return dy * z.gt(0).to(dy.dtype);
+            default:
+                return dy;
+        }
     }
 
     /// <summary>(N, C, 1, …, 1): per-(n, c) coefficients broadcast over the spatial dimensions.</summary>

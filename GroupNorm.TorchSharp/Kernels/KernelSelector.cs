@@ -37,11 +37,12 @@ internal static unsafe class KernelSelector
     public static IDisposable Force(KernelKind kind) => new ForcedScope(kind);
 
     /// <summary>Forward for backward's sake: y, and the statistics backward will read.</summary>
-    public static (Tensor Y, Statistics Statistics) Forward(KernelKind kind, Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
+    public static (Tensor Y, Statistics Statistics) Forward(KernelKind kind, Tensor x, Epilogue epilogue, GroupNormShape shape, double eps)
     {
+        var (weight, bias, _) = epilogue;
         if (kind == KernelKind.DeviceGeneric)
         {
-            var (y, mean, rstd) = DeviceGenericKernel.Forward(x, weight, bias, shape, eps);
+            var (y, mean, rstd) = DeviceGenericKernel.Forward(x, epilogue, shape, eps);
             return (y, new Statistics(null, mean, rstd));
         }
         var host = new double[2 * shape.Rows];
@@ -50,11 +51,12 @@ internal static unsafe class KernelSelector
     }
 
     /// <summary>Forward when no graph is recorded: only y; the fused path keeps its statistics in scratch memory.</summary>
-    public static Tensor Infer(KernelKind kind, Tensor x, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps)
+    public static Tensor Infer(KernelKind kind, Tensor x, Epilogue epilogue, GroupNormShape shape, double eps)
     {
+        var (weight, bias, _) = epilogue;
         if (kind == KernelKind.DeviceGeneric)
         {
-            var (y, mean, rstd) = DeviceGenericKernel.Forward(x, weight, bias, shape, eps);
+            var (y, mean, rstd) = DeviceGenericKernel.Forward(x, epilogue, shape, eps);
             mean.Dispose();
             rstd.Dispose();
             return y;
@@ -63,12 +65,12 @@ internal static unsafe class KernelSelector
     }
 
     public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
-        KernelKind kind, Tensor dy, Tensor x, Statistics statistics, Tensor? weight, GroupNormShape shape, GradientRequest need)
+        KernelKind kind, Tensor dy, Tensor x, Statistics statistics, Epilogue epilogue, GroupNormShape shape, GradientRequest need)
     {
         if (kind == KernelKind.DeviceGeneric)
-            return DeviceGenericKernel.Backward(dy, x, statistics.Mean!, statistics.Rstd!, weight, shape, need);
+            return DeviceGenericKernel.Backward(dy, x, statistics.Mean!, statistics.Rstd!, epilogue, shape, need);
         fixed (double* s = statistics.Host)
-            return CpuFusedKernel.Backward(dy, x, s, s + shape.Rows, weight, shape, need);
+            return CpuFusedKernel.Backward(dy, x, s, s + shape.Rows, epilogue.Weight, shape, need);
     }
 
     private sealed class ForcedScope : IDisposable

@@ -1,0 +1,21 @@
+namespace GroupNormalization;
+
+/// <summary>
+/// An element-wise activation applied to GroupNorm's output inside the same kernel: act(GroupNorm(x)).
+/// <para>
+/// Diffusion UNets and VAEs put SiLU after almost every GroupNorm, ResNets put ReLU. Fused, the pair writes
+/// its output once instead of writing it, reading it back and writing it again, and the backward recomputes
+/// the pre-activation from x instead of keeping a second input-sized tensor for the activation's gradient.
+/// </para>
+/// </summary>
+public enum Activation
+{
+    /// <summary>No activation: plain GroupNorm.</summary>
+    None = 0,
+
+    /// <summary>SiLU (swish): z·σ(z), as <c>torch.nn.functional.silu</c>.</summary>
+    SiLU = 1,
+
+    /// <summary>ReLU: max(z, 0), as <c>torch.nn.functional.relu</c>; its gradient at z = 0 is 0, as PyTorch's.</summary>
+    ReLU = 2,
+}
