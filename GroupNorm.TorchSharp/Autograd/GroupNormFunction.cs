@@ -72,7 +72,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
     public static Tensor Apply(Tensor input, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps, Activation activation)
     {
         ReturnedGradients.ReleasePrevious();
-        var kernel = activation == Activation.None ? KernelSelector.Select(input) : KernelKind.DeviceGeneric;
+        var kernel = KernelSelector.Select(input);
         var need = new GradientRequest(input.requires_grad, weight?.requires_grad ?? false, bias?.requires_grad ?? false);
 
         if (!need.Any || !torch.is_grad_enabled())

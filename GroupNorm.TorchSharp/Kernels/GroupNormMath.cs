@@ -1,4 +1,5 @@
 using System;
+using System.Numerics;
 
 namespace GroupNormalization.Kernels;
 
@@ -11,10 +12,13 @@ namespace GroupNormalization.Kernels;
 /// Forward   μ[n,g]  = (1/M) Σ x                          over c ∈ g and all s
 ///           σ²[n,g] = (1/M) Σ (x − μ)²                   (biased, as in PyTorch)
 ///           r[n,g]  = 1 / √(σ² + ε)
-///           y       = (x − μ)·r·γ[c] + β[c]              γ = 1 and β = 0 when absent
+///           z       = (x − μ)·r·γ[c] + β[c]              γ = 1 and β = 0 when absent
+///           y       = act(z)                              act: identity, SiLU z·σ(z), or ReLU max(z, 0)
 ///
-/// Backward  A[n,c]  = Σ_s dy                             per-(n, c) sums over spatial positions
-///           B[n,c]  = Σ_s dy·(x − μ)                     centred: no cancellation when |μ| ≫ σ
+/// Backward  dz      = dy·act′(z)                          SiLU: σ(z)·(1 + z·(1 − σ(z))); ReLU: 1 if z > 0 else 0;
+///                                                         z is rebuilt from x, μ, r, γ, β, never saved
+///           A[n,c]  = Σ_s dz                             per-(n, c) sums over spatial positions
+///           B[n,c]  = Σ_s dz·(x − μ)                     centred: no cancellation when |μ| ≫ σ
 ///           dβ[c]   = Σ_n A[n,c]
 ///           dγ[c]   = Σ_n r[n,g]·B[n,c]
 ///           dx      = a[n,c]·dy + b[n,g]·(x − μ) + k[n,g], with
@@ -22,9 +26,14 @@ namespace GroupNormalization.Kernels;
 ///               b = −r³ · (1/M) Σ_{c∈g} γ[c]·B[n,c]
 ///               k = −r  · (1/M) Σ_{c∈g} γ[c]·A[n,c]
 /// </code>
-/// The dx line is r·(g − mean(g) − x̂·mean(g·x̂)) with g = γ·dy and x̂ = (x − μ)·r, expanded so that one
+/// The dx line is r·(g − mean(g) − x̂·mean(g·x̂)) with g = γ·dz and x̂ = (x − μ)·r, expanded so that one
 /// pass over (x, dy) can write dx. Kernels keep x − μ as written rather than folding −b·μ into k,
 /// because in float32 b·x and k would cancel when |μ| ≫ σ.
+/// <para>
+/// The kernels' per-channel coefficients are set up here too, in float64 and then rounded once to the
+/// arithmetic type T. μ is split as μhi + μlo (<see cref="SplitMean{T}"/>): loops form x − μhi, which is
+/// exact near the mean, and μlo is folded into the constant terms.
+/// </para>
 /// </summary>
 internal static class GroupNormMath
 {
@@ -36,6 +45,46 @@ internal static class GroupNormMath
         if (groupSize == 0) return (0, 0);
         double inv = 1.0 / groupSize;
         return (-rstd * rstd * rstd * gammaB * inv, -rstd * gammaA * inv);
+    }
+
+    /// <summary>
+    /// The output's constants for channel c: z = (x − μhi)·scale + shift with scale = a = r·γ[c] and
+    /// shift = β[c] − μlo·scale (the scale as rounded to T, so that the fold is exact to T's precision).
+    /// </summary>
+    public static (T Scale, T Shift) OutputCoefficients<T>(double rstd, double meanLo, double gamma, double beta)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T scale = T.CreateTruncating(rstd * gamma);
+        return (scale, T.CreateTruncating(beta - meanLo * double.CreateTruncating(scale)));
+    }
+
+    /// <summary>
+    /// b and k of the dx formula in T, for loops that form x − μhi: dx = a·dz + b·(x − μhi) + (k − b·μlo).
+    /// </summary>
+    public static (T B, T K) InputGradientCoefficients<T>(double rstd, double gammaA, double gammaB, double groupSize, double meanLo)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        var (b, k) = InputGradientCoefficients(rstd, gammaA, gammaB, groupSize);
+        T bt = T.CreateTruncating(b);
+        return (bt, T.CreateTruncating(k - double.CreateTruncating(bt) * meanLo));
+    }
+
+    /// <summary>dγ[c] = Σ_n r[n,g]·B[n,c] and dβ[c] = Σ_n A[n,c], from the per-(n, c) sums of every sample.</summary>
+    public static unsafe void ParameterGradients<T>(GroupNormShape s, double* rstd, double* sumA, double* sumB, T* dweight, T* dbias)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        for (long c = 0, g = 0; c < s.C; c++)
+        {
+            if (c == (g + 1) * s.D) g++;
+            double dw = 0, db = 0;
+            for (long n = 0; n < s.N; n++)
+            {
+                dw += rstd[n * s.G + g] * sumB[n * s.C + c];
+                db += sumA[n * s.C + c];
+            }
+            if (dweight != null) dweight[c] = T.CreateTruncating(dw);
+            if (dbias != null) dbias[c] = T.CreateTruncating(db);
+        }
     }
 
     /// <summary>
@@ -62,6 +111,13 @@ internal static class GroupNormMath
     {
         float hi = (float)mean;
         return (hi, (float)(mean - hi));
+    }
+
+    /// <summary>μ as hi + lo in T (<see cref="SplitMean(double)"/>); in float64, hi = μ and lo = 0.</summary>
+    public static (T Hi, T Lo) SplitMean<T>(double mean) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T hi = T.CreateTruncating(mean);
+        return (hi, T.CreateTruncating(mean - double.CreateTruncating(hi)));
     }
 }
 

@@ -1,4 +1,5 @@
 using System;
+using GroupNormalization.Kernels.Cpu;
 using static TorchSharp.torch;
 
 namespace GroupNormalization.Kernels;
@@ -6,10 +7,10 @@ namespace GroupNormalization.Kernels;
 /// <summary>The two kernel families.</summary>
 internal enum KernelKind
 {
-    /// <summary>Hand-written multi-threaded loops over CPU float32/float64 memory.</summary>
+    /// <summary>Hand-written multi-threaded loops over CPU float32, float64, float16 and bfloat16 memory.</summary>
     CpuFused,
 
-    /// <summary>TorchSharp tensor operations: any device, any floating dtype.</summary>
+    /// <summary>TorchSharp tensor operations: any device (CUDA), any floating dtype; also the reference the fused path is tested against.</summary>
     DeviceGeneric,
 }
 
@@ -39,7 +40,6 @@ internal static unsafe class KernelSelector
     /// <summary>Forward for backward's sake: y, and the statistics backward will read.</summary>
     public static (Tensor Y, Statistics Statistics) Forward(KernelKind kind, Tensor x, Epilogue epilogue, GroupNormShape shape, double eps)
     {
-        var (weight, bias, _) = epilogue;
         if (kind == KernelKind.DeviceGeneric)
         {
             var (y, mean, rstd) = DeviceGenericKernel.Forward(x, epilogue, shape, eps);
@@ -47,13 +47,12 @@ internal static unsafe class KernelSelector
         }
         var host = new double[2 * shape.Rows];
         fixed (double* s = host)
-            return (CpuFusedKernel.Forward(x, weight, bias, shape, eps, s, s + shape.Rows), new Statistics(host, null, null));
+            return (CpuFusedKernel.Forward(x, epilogue, shape, eps, s, s + shape.Rows), new Statistics(host, null, null));
     }
 
     /// <summary>Forward when no graph is recorded: only y; the fused path keeps its statistics in scratch memory.</summary>
     public static Tensor Infer(KernelKind kind, Tensor x, Epilogue epilogue, GroupNormShape shape, double eps)
     {
-        var (weight, bias, _) = epilogue;
         if (kind == KernelKind.DeviceGeneric)
         {
             var (y, mean, rstd) = DeviceGenericKernel.Forward(x, epilogue, shape, eps);
@@ -61,7 +60,7 @@ internal static unsafe class KernelSelector
             rstd.Dispose();
             return y;
         }
-        return CpuFusedKernel.Infer(x, weight, bias, shape, eps);
+        return CpuFusedKernel.Infer(x, epilogue, shape, eps);
     }
 
     public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
@@ -70,7 +69,7 @@ internal static unsafe class KernelSelector
         if (kind == KernelKind.DeviceGeneric)
             return DeviceGenericKernel.Backward(dy, x, statistics.Mean!, statistics.Rstd!, epilogue, shape, need);
         fixed (double* s = statistics.Host)
-            return CpuFusedKernel.Backward(dy, x, s, s + shape.Rows, epilogue.Weight, shape, need);
+            return CpuFusedKernel.Backward(dy, x, s, s + shape.Rows, epilogue, shape, need);
     }
 
     private sealed class ForcedScope : IDisposable

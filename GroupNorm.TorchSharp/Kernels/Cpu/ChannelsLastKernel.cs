@@ -1,0 +1,305 @@
+using System;
+using System.Numerics;
+using System.Runtime.CompilerServices;
+
+namespace GroupNormalization.Kernels.Cpu;
+
+/// <summary>
+/// GroupNorm over channels-last memory, (N, *spatial, C) with channels innermost: a row is sample n, S
+/// positions of C contiguous channels, processed in L1-sized pieces of positions with per-channel
+/// coefficient arrays. Forward: <see cref="ColumnwiseMoments"/>, then <c>ApplyScaleBias</c>.
+/// Backward: <c>ChannelGradientSums</c>, then <c>InputGradient</c>. Type parameters as in
+/// <see cref="ChannelsFirstKernel"/>.
+/// </summary>
+internal static unsafe class ChannelsLastKernel
+{
+    public static void Forward<TE, TS, T, TA>(ForwardOperands<TS, T> operands, GroupNormShape shape, double eps, WorkPlan plan)
+        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
+        where TA : struct, IActivation
+    {
+        var job = new ForwardJob<TE, TS, T, TA> { O = operands, S = shape, Eps = eps, Plan = plan };
+        if (plan.Blocks == 1)
+        {
+            job.Phase = JobPhase.WholeRows;
+            plan.ForEach(plan.Rows, &ForwardJob<TE, TS, T, TA>.Body, &job);
+            return;
+        }
+        // One Moments per block and group.
+        using var partial = new Scratch(plan.Items * shape.G * sizeof(Moments));
+        job.Partial = (Moments*)partial.Pointer;
+        job.Phase = JobPhase.BlockReductions;
+        plan.ForEach(plan.Items, &ForwardJob<TE, TS, T, TA>.Body, &job);
+        plan.MergeMoments(job.Partial, shape.G, operands.Mean, operands.Rstd, eps);
+        job.Phase = JobPhase.BlockElements;
+        plan.ForEach(plan.Items, &ForwardJob<TE, TS, T, TA>.Body, &job);
+    }
+
+    public static void Backward<TE, TS, T, TA>(BackwardOperands<TS, T> operands, GroupNormShape shape, WorkPlan plan)
+        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
+        where TA : struct, IActivation
+    {
+        var job = new BackwardJob<TE, TS, T, TA> { O = operands, S = shape, Plan = plan };
+        if (plan.Blocks == 1)
+        {
+            job.Phase = JobPhase.WholeRows;
+            plan.ForEach(plan.Rows, &BackwardJob<TE, TS, T, TA>.Body, &job);
+            return;
+        }
+        // Each block sums all C channels of its sample.
+        long partial = plan.Items * shape.C;
+        using var scratch = new Scratch(2 * partial * sizeof(double));
+        job.PartA = (double*)scratch.Pointer;
+        job.PartB = job.PartA + partial;
+        new Span<double>(job.PartA, (int)(2 * partial)).Clear();
+        job.Phase = JobPhase.BlockReductions;
+        plan.ForEach(plan.Items, &BackwardJob<TE, TS, T, TA>.Body, &job);
+        plan.MergeSums(job.PartA, job.PartB, shape.C, operands.SumA, operands.SumB);
+        if (operands.Dx == null) return;
+        job.Phase = JobPhase.BlockElements;
+        plan.ForEach(plan.Items, &BackwardJob<TE, TS, T, TA>.Body, &job);
+    }
+
+    /// <summary>
+    /// Per-channel constants of sample n's output, z = (x − hi[c])·scale[c] + shift[c] (μlo folded into
+    /// shift), and lo[c] for the centred sums; <paramref name="lo"/> may be null.
+    /// </summary>
+    private static void OutputCoefficients<T>(GroupNormShape s, long n, double* mean, double* rstd, T* weight, T* bias, T* hi, T* lo, T* scale, T* shift)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        for (long g = 0; g < s.G; g++)
+        {
+            long ng = n * s.G + g;
+            var (h, l) = GroupNormMath.SplitMean<T>(mean[ng]);
+            double meanLo = double.CreateTruncating(l);
+            for (long c = g * s.D; c < (g + 1) * s.D; c++)
+            {
+                hi[c] = h;
+                if (lo != null) lo[c] = l;
+                (scale[c], shift[c]) = GroupNormMath.OutputCoefficients<T>(rstd[ng], meanLo, ChannelParameters.Gamma(weight, c), ChannelParameters.Beta(bias, c));
+            }
+        }
+    }
+
+    /// <summary>
+    /// Per-group moments of positions [p0, p1) of a sample at <paramref name="xs"/>, merged into
+    /// <paramref name="groups"/>, in one pass over x (see <see cref="GroupNormMath.ShiftedMoments"/>); the
+    /// shifts are the groups' means over the first piece, and a group whose shift proves far is summed again.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ColumnwiseMoments<TE, TS, T>(TS* xs, GroupNormShape s, long p0, long p1, Span<Moments> groups)
+        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        long c = s.C, d = s.D;
+        long pieceRows = WorkPlan.PieceRows(c, 1, sizeof(TS));
+        using var scratch = new Scratch(3 * c * sizeof(double) + 2 * c * sizeof(T));
+        double* shift = (double*)scratch.Pointer, dev = shift + c, sq = dev + c;
+        T* shiftHi = (T*)(sq + c), shiftLo = shiftHi + c;
+
+        long first = Math.Min(pieceRows, p1 - p0);
+        new Span<double>(shift, (int)c).Clear();
+        ColumnLoops.AccumulateColumns<TE, TS, T>(xs + p0 * c, first, c, shift);
+        for (long g = 0; g < s.G; g++)
+        {
+            double sum = 0;
+            for (long j = g * d; j < (g + 1) * d; j++) sum += shift[j];
+            SetShift(g, sum / (first * d));
+        }
+
+        double count = (p1 - p0) * d;
+        AccumulateDeviations();
+        bool again = false;
+        for (long g = 0; g < s.G; g++)
+        {
+            var (sd, ssq) = GroupSums(g);
+            if (GroupNormMath.ShiftWasClose(count, sd, ssq)) continue;
+            SetShift(g, GroupNormMath.ShiftedMoments(count, shift[g * d], sd, ssq).Mean);
+            again = true;
+        }
+        if (again) AccumulateDeviations();
+
+        for (long g = 0; g < s.G; g++)
+        {
+            var (sd, ssq) = GroupSums(g);
+            groups[(int)g].Merge(GroupNormMath.ShiftedMoments(count, shift[g * d], sd, ssq));
+        }
+
+        void AccumulateDeviations()
+        {
+            new Span<double>(dev, (int)(2 * c)).Clear();
+            for (long q = p0; q < p1; q += pieceRows)
+                ColumnLoops.AccumulateDeviations<TE, TS, T>(xs + q * c, Math.Min(pieceRows, p1 - q), c, shiftHi, shiftLo, dev, sq);
+        }
+
+        // The shift of every channel of group g, as the loops will subtract it.
+        void SetShift(long g, double value)
+        {
+            var (h, l) = GroupNormMath.SplitMean<T>(value);
+            double exact = double.CreateTruncating(h) + double.CreateTruncating(l);
+            new Span<double>(shift + g * d, (int)d).Fill(exact);
+            new Span<T>(shiftHi + g * d, (int)d).Fill(h);
+            new Span<T>(shiftLo + g * d, (int)d).Fill(l);
+        }
+
+        (double Dev, double SqDev) GroupSums(long g)
+        {
+            double sd = 0, ssq = 0;
+            for (long j = g * d; j < (g + 1) * d; j++)
+            {
+                sd += dev[j];
+                ssq += sq[j];
+            }
+            return (sd, ssq);
+        }
+    }
+
+    private struct ForwardJob<TE, TS, T, TA>
+        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
+        where TA : struct, IActivation
+    {
+        public ForwardOperands<TS, T> O;
+        public GroupNormShape S;
+        public double Eps;
+        public WorkPlan Plan;
+        public Moments* Partial;
+        public JobPhase Phase;
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static void Body(void* job, long start, long end)
+        {
+            var j = (ForwardJob<TE, TS, T, TA>*)job;
+            long g = j->S.G;
+            for (long item = start; item < end; item++)
+            {
+                if (j->Phase == JobPhase.WholeRows)
+                {
+                    j->WholeSample(item);
+                    continue;
+                }
+                long n = item / j->Plan.Blocks;
+                var (p0, p1) = j->Plan.BlockRange(item % j->Plan.Blocks);
+                if (j->Phase == JobPhase.BlockReductions)
+                {
+                    var slice = new Span<Moments>(j->Partial + item * g, (int)g);
+                    slice.Clear();
+                    ColumnwiseMoments<TE, TS, T>(j->Sample(j->O.X, n), j->S, p0, p1, slice);
+                }
+                else
+                {
+                    j->ApplyScaleBias(n, p0, p1);
+                }
+            }
+        }
+
+        private readonly TS* Sample(TS* p, long n) => p + n * S.S * S.C;
+
+        private readonly void WholeSample(long n)
+        {
+            using (var scratch = new Scratch(S.G * sizeof(Moments)))
+            {
+                var groups = new Span<Moments>(scratch.Pointer, (int)S.G);
+                groups.Clear();
+                ColumnwiseMoments<TE, TS, T>(Sample(O.X, n), S, 0, S.S, groups);
+                for (long g = 0; g < S.G; g++)
+                {
+                    O.Mean[n * S.G + g] = groups[(int)g].Mean;
+                    O.Rstd[n * S.G + g] = GroupNormMath.Rstd(groups[(int)g].Variance, Eps);
+                }
+            }
+            ApplyScaleBias(n, 0, S.S);
+        }
+
+        /// <summary>y = act((x − μ)·r·γ + β) over positions [p0, p1) of sample n.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private readonly void ApplyScaleBias(long n, long p0, long p1)
+        {
+            long c = S.C;
+            using var scratch = new Scratch(3 * c * sizeof(T));
+            T* hi = (T*)scratch.Pointer, scale = hi + c, shift = scale + c;
+            OutputCoefficients(S, n, O.Mean, O.Rstd, O.Weight, O.Bias, hi, null, scale, shift);
+            TS* xs = Sample(O.X, n), ys = Sample(O.Y, n);
+            long pieceRows = WorkPlan.PieceRows(c, 2, sizeof(TS));
+            for (long q = p0; q < p1; q += pieceRows)
+                ColumnLoops.Normalize<TE, TS, T, TA>(xs + q * c, ys + q * c, Math.Min(pieceRows, p1 - q), c, hi, scale, shift);
+        }
+    }
+
+    private struct BackwardJob<TE, TS, T, TA>
+        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
+        where TA : struct, IActivation
+    {
+        public BackwardOperands<TS, T> O;
+        public GroupNormShape S;
+        public WorkPlan Plan;
+        public double* PartA, PartB;
+        public JobPhase Phase;
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static void Body(void* job, long start, long end)
+        {
+            var j = (BackwardJob<TE, TS, T, TA>*)job;
+            long c = j->S.C;
+            for (long item = start; item < end; item++)
+            {
+                if (j->Phase == JobPhase.WholeRows)
+                {
+                    new Span<double>(j->O.SumA + item * c, (int)c).Clear();
+                    new Span<double>(j->O.SumB + item * c, (int)c).Clear();
+                    j->ChannelGradientSums(item, 0, j->S.S, j->O.SumA + item * c, j->O.SumB + item * c);
+                    if (j->O.Dx != null) j->InputGradient(item, 0, j->S.S);
+                    continue;
+                }
+                long n = item / j->Plan.Blocks;
+                var (p0, p1) = j->Plan.BlockRange(item % j->Plan.Blocks);
+                if (j->Phase == JobPhase.BlockReductions)
+                    j->ChannelGradientSums(n, p0, p1, j->PartA + item * c, j->PartB + item * c);
+                else
+                    j->InputGradient(n, p0, p1);
+            }
+        }
+
+        private readonly TS* Sample(TS* p, long n) => p + n * S.S * S.C;
+
+        /// <summary>Adds the sums A and B of positions [p0, p1) of sample n into a[c], b[c].</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private readonly void ChannelGradientSums(long n, long p0, long p1, double* a, double* b)
+        {
+            long c = S.C;
+            using var scratch = new Scratch(4 * c * sizeof(T));
+            T* hi = (T*)scratch.Pointer, lo = hi + c, scale = lo + c, shift = scale + c;
+            OutputCoefficients(S, n, O.Mean, O.Rstd, O.Weight, O.Bias, hi, lo, scale, shift);
+            TS* xs = Sample(O.X, n), gs = Sample(O.Dy, n);
+            long pieceRows = WorkPlan.PieceRows(c, 2, sizeof(TS));
+            for (long q = p0; q < p1; q += pieceRows)
+                ColumnLoops.AccumulateGradientSums<TE, TS, T, TA>(xs + q * c, gs + q * c, Math.Min(pieceRows, p1 - q), c, hi, lo, scale, shift, a, b);
+        }
+
+        /// <summary>dx over positions [p0, p1) of sample n, from the sample's complete sums.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private readonly void InputGradient(long n, long p0, long p1)
+        {
+            long c = S.C;
+            using var scratch = new Scratch(5 * c * sizeof(T));
+            T* hi = (T*)scratch.Pointer, a = hi + c, shift = a + c, b = shift + c, k = b + c;
+            OutputCoefficients(S, n, O.Mean, O.Rstd, O.Weight, O.Bias, hi, null, a, shift);
+            for (long g = 0; g < S.G; g++)
+            {
+                long ng = n * S.G + g;
+                double gammaA = 0, gammaB = 0;
+                for (long j = g * S.D; j < (g + 1) * S.D; j++)
+                {
+                    double gamma = ChannelParameters.Gamma(O.Weight, j);
+                    gammaA += gamma * O.SumA[n * c + j];
+                    gammaB += gamma * O.SumB[n * c + j];
+                }
+                double meanLo = double.CreateTruncating(GroupNormMath.SplitMean<T>(O.Mean[ng]).Lo);
+                var (bt, kt) = GroupNormMath.InputGradientCoefficients<T>(O.Rstd[ng], gammaA, gammaB, S.GroupSize, meanLo);
+                new Span<T>(b + g * S.D, (int)S.D).Fill(bt);
+                new Span<T>(k + g * S.D, (int)S.D).Fill(kt);
+            }
+            TS* xs = Sample(O.X, n), gs = Sample(O.Dy, n), ds = Sample(O.Dx, n);
+            long pieceRows = WorkPlan.PieceRows(c, 3, sizeof(TS));
+            for (long q = p0; q < p1; q += pieceRows)
+                ColumnLoops.InputGradient<TE, TS, T, TA>(xs + q * c, gs + q * c, ds + q * c, Math.Min(pieceRows, p1 - q), c, hi, a, b, k, shift);
+        }
+    }
+}

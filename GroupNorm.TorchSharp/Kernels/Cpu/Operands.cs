@@ -1,0 +1,51 @@
+using System.Numerics;
+
+namespace GroupNormalization.Kernels.Cpu;
+
+/// <summary>
+/// Checked pointers into the tensors of one forward call: x and y in the stored type, γ and β (null when
+/// absent) in the arithmetic type, and the caller-owned per-(n, g) statistics that forward fills.
+/// </summary>
+internal readonly unsafe struct ForwardOperands<TS, T>(TS* x, TS* y, T* weight, T* bias, double* mean, double* rstd)
+    where TS : unmanaged
+    where T : unmanaged, IFloatingPointIeee754<T>
+{
+    public readonly TS* X = x, Y = y;
+    public readonly T* Weight = weight, Bias = bias;
+    public readonly double* Mean = mean, Rstd = rstd;
+}
+
+/// <summary>
+/// Checked pointers for one backward call: dx is null when x needs no gradient; sumA and sumB receive the
+/// per-(n, c) sums A = Σ dz and B = Σ dz·(x − μ) (indexed n·C + c) that the parameter gradients are made from.
+/// </summary>
+internal readonly unsafe struct BackwardOperands<TS, T>(
+    TS* x, TS* dy, TS* dx, T* weight, T* bias, double* mean, double* rstd, double* sumA, double* sumB)
+    where TS : unmanaged
+    where T : unmanaged, IFloatingPointIeee754<T>
+{
+    public readonly TS* X = x, Dy = dy, Dx = dx;
+    public readonly T* Weight = weight, Bias = bias;
+    public readonly double* Mean = mean, Rstd = rstd, SumA = sumA, SumB = sumB;
+}
+
+/// <summary>Which phase of a job its parallel body runs.</summary>
+internal enum JobPhase
+{
+    /// <summary>Whole rows: reductions, then the element-wise pass while the row is in cache.</summary>
+    WholeRows,
+
+    /// <summary>Split rows, first phase: each block's partial reductions.</summary>
+    BlockReductions,
+
+    /// <summary>Split rows, second phase: each block's element-wise pass, after the merge.</summary>
+    BlockElements,
+}
+
+/// <summary>γ[c] and β[c] in float64, with PyTorch's defaults for an absent parameter.</summary>
+internal static unsafe class ChannelParameters
+{
+    public static double Gamma<T>(T* w, long c) where T : unmanaged, IFloatingPointIeee754<T> => w == null ? 1.0 : double.CreateTruncating(w[c]);
+
+    public static double Beta<T>(T* b, long c) where T : unmanaged, IFloatingPointIeee754<T> => b == null ? 0.0 : double.CreateTruncating(b[c]);
+}
