@@ -135,6 +135,8 @@ Task("BenchQuick")
 {
     RunBenchmarks("--quick");
     RunBenchmarks("--quick --interleaved");
+    RunBenchmarks("--quick --interleaved --suite activation");
+    RunBenchmarks("--quick --interleaved --suite half");
 });
 
 // Ours and the built-in in alternating blocks, ratio per round: isolation, in-network and fixed cost.
@@ -143,6 +145,21 @@ Task("BenchInterleaved")
     .IsDependentOn("Setup")
     .IsDependentOn("Build")
     .Does(() => RunBenchmarks(("--interleaved " + Argument("bench-args", "")).Trim()));
+
+// Fused GN+SiLU and GN+ReLU against group_norm then silu/relu, float32, interleaved: Stable Diffusion's UNet and
+// VAE shapes and the benchmark shapes. --bench-args narrows it: "--shape 2x320x64x64 --rounds 5", "--max-numel 5000000"
+// (no VAE), "--quick" (one small shape, 2 rounds). BenchmarkDotNet: --target=Bench --bench-args="--filter *FusedActivation*".
+Task("BenchActivation")
+    .IsDependentOn("Setup")
+    .IsDependentOn("Build")
+    .Does(() => RunBenchmarks(("--interleaved --suite activation " + Argument("bench-args", "")).Trim()));
+
+// float16 and bfloat16 against the built-in in the same dtype, interleaved; the VAE shape is slow in half precision,
+// --bench-args="--max-numel 5000000" leaves it out. BenchmarkDotNet: --target=Bench --bench-args="--filter *HalfPrecision*".
+Task("BenchHalf")
+    .IsDependentOn("Setup")
+    .IsDependentOn("Build")
+    .Does(() => RunBenchmarks(("--interleaved --suite half " + Argument("bench-args", "")).Trim()));
 
 // Peak resident memory of one forward+backward, ours against the built-in.
 Task("BenchMemory")

@@ -33,6 +33,33 @@ public sealed record BenchCase(long N, long C, long H, long W, long G)
 
     public static IEnumerable<BenchCase> Quick => Standard.Where(c => c.Numel <= 300_000).Take(1);
 
+    /// <summary>
+    /// Stable Diffusion's UNet GroupNorms at batch 2 (classifier-free guidance doubles the batch) on its three
+    /// widest stages, and the VAE decoder's (1, 512, 128, 128), the largest, at 32 MiB in float32.
+    /// </summary>
+    public static IReadOnlyList<BenchCase> StableDiffusion { get; } = new[]
+    {
+        new BenchCase(2, 320, 64, 64, 32),
+        new BenchCase(2, 640, 32, 32, 32),
+        new BenchCase(2, 1280, 16, 16, 32),
+        new BenchCase(1, 512, 128, 128, 32),
+    };
+
+    /// <summary>GroupNorm followed by SiLU or ReLU: where the fused activation is used, then the shapes.</summary>
+    public static IReadOnlyList<BenchCase> Activation { get; } = StableDiffusion.Concat(Standard).Distinct().ToArray();
+
+    /// <summary>
+    /// Half precision: the diffusion shapes (where float16 and bfloat16 are run) and a few of the shapes,
+    /// small and large, many groups and few.
+    /// </summary>
+    public static IReadOnlyList<BenchCase> Half { get; } = StableDiffusion.Concat(new[]
+    {
+        new BenchCase(32, 64, 32, 32, 32),
+        new BenchCase(2, 1280, 8, 8, 32),
+        new BenchCase(64, 512, 7, 7, 32),
+        new BenchCase(16, 16, 32, 32, 8),
+    }).ToArray();
+
     // BenchmarkDotNet prints parameters with ToString: keep it short and stable for the report.
     public override string ToString() => $"{N}x{C}x{H}x{W}/G{G}";
 }

@@ -32,7 +32,7 @@ public class GroupNormBenchmarks
     [Params(Layout.Nchw, Layout.ChannelsLast)]
     public Layout Layout { get; set; }
 
-    public static IEnumerable<BenchCase> Cases => Program.Quick ? BenchCase.Quick : BenchCase.Standard;
+    public static IEnumerable<BenchCase> Cases => Program.Cases(BenchCase.Standard);
 
     [GlobalSetup]
     public void Setup() => _in = new Inputs(Case, DType, Layout);

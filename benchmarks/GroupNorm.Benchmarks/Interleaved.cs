@@ -24,28 +24,51 @@ internal static class Interleaved
 {
     private const double BlockMilliseconds = 3;
 
-    public static int Run(bool quick, TextWriter console)
+    /// <summary>Groups of the fixed-cost case (1, 32, 1, 1), the same as <see cref="OverheadBenchmarks.Groups"/>.</summary>
+    private const long Groups = OverheadBenchmarks.Groups;
+
+    /// <summary>Runs one suite: default (isolation, in-network, fixed cost), activation or half; 2 for an unknown suite.</summary>
+    public static int Run(string suite, int rounds, TextWriter console)
     {
-        int rounds = quick ? 2 : 15;
-        console.WriteLine($"Interleaved comparison, {rounds} rounds of alternating blocks (≥ {BlockMilliseconds} ms each); threads: {ParallelFor.Description}, libtorch threads {torch.get_num_threads()}.");
+        if (suite is not ("default" or "activation" or "half"))
+        {
+            console.WriteLine($"Unknown suite '{suite}': default, activation or half.");
+            return 2;
+        }
+        console.WriteLine($"Interleaved comparison ({suite}), {rounds} rounds of alternating blocks (≥ {BlockMilliseconds} ms each); threads: {ParallelFor.Description}, libtorch threads {torch.get_num_threads()}.");
         console.WriteLine();
-        Isolation(quick, rounds, console);
-        Network(quick, rounds, console);
-        Overhead(rounds, console);
+        switch (suite)
+        {
+            case "activation":
+                FusedActivation(rounds, console);
+                break;
+            case "half":
+                Isolation(rounds, console, new[] { ScalarType.Float16, ScalarType.BFloat16 }, new[] { Layout.Nchw }, Program.Cases(BenchCase.Half), perDType: true);
+                break;
+            default:
+                Isolation(rounds, console, new[] { ScalarType.Float32, ScalarType.Float64 }, new[] { Layout.Nchw, Layout.ChannelsLast },
+                    Program.Cases(BenchCase.Standard.Concat(BenchCase.ResNet20)), perDType: false);
+                Network(Program.Quick, rounds, console);
+                Overhead(rounds, console);
+                break;
+        }
         return 0;
     }
 
-    private static void Isolation(bool quick, int rounds, TextWriter console)
+    private static void Isolation(int rounds, TextWriter console, ScalarType[] dtypes, Layout[] layouts, IEnumerable<BenchCase> cases, bool perDType)
     {
         console.WriteLine("| shape/G | dtype | layout | built-in fwd µs | ours fwd µs | ratio | built-in fwd+bwd µs | ours fwd+bwd µs | ratio |");
         console.WriteLine("|---|---|---|---:|---:|---:|---:|---:|---:|");
         var fwd = new List<double>();
         var fb = new List<double>();
-        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.Float64 })
+        var perDTypeLines = new List<string>();
+        var shapes = cases.ToList();
+        foreach (var dtype in dtypes)
         {
-            foreach (var layout in new[] { Layout.Nchw, Layout.ChannelsLast })
+            int first = fwd.Count;
+            foreach (var layout in layouts)
             {
-                foreach (var c in quick ? BenchCase.Quick : BenchCase.Standard.Concat(BenchCase.ResNet20))
+                foreach (var c in shapes)
                 {
                     using var inputs = new Inputs(c, dtype, layout);
                     var f = Compare(rounds,
@@ -60,10 +83,65 @@ internal static class Interleaved
                         $"| {c} | {Name(dtype)} | {Name(layout)} | {f.Builtin:0.0} | {f.Ours:0.0} | {f.Ratio:0.00}× | {b.Builtin:0.0} | {b.Ours:0.0} | {b.Ratio:0.00}× |"));
                 }
             }
+            if (perDType && fwd.Count > first) perDTypeLines.Add(string.Create(CultureInfo.InvariantCulture,
+                $"{Name(dtype)}: median forward {Median(fwd.GetRange(first, fwd.Count - first)):0.00}×, forward+backward {Median(fb.GetRange(first, fb.Count - first)):0.00}×."));
         }
         console.WriteLine();
+        if (fwd.Count == 0)
+        {
+            console.WriteLine("No shape left after --shape/--max-numel.");
+            console.WriteLine();
+            return;
+        }
         console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"Median ratio to the built-in: forward {Median(fwd):0.00}×, forward+backward {Median(fb):0.00}×; worst: forward {fwd.Max():0.00}×, forward+backward {fb.Max():0.00}× ({fwd.Count} configurations)."));
+        foreach (var line in perDTypeLines) console.WriteLine(line);
+        console.WriteLine();
+    }
+
+    /// <summary>
+    /// act(GroupNorm(x)) in one fused call against the built-in group_norm then the built-in activation, as a
+    /// diffusion UNet or a ResNet writes it (out-of-place, both outputs in the scope: the intermediate tensor is
+    /// the unfused pair's real cost), with ours unfused (our group_norm then the built-in activation) as a third
+    /// side that separates what the fusion buys from what the GroupNorm kernel does.
+    /// </summary>
+    private static void FusedActivation(int rounds, TextWriter console)
+    {
+        console.WriteLine("| shape/G | act | pass | built-in GN, act µs | ours fused µs | ratio | ours GN, built-in act µs | ratio |");
+        console.WriteLine("|---|---|---|---:|---:|---:|---:|---:|");
+        var ratios = new Dictionary<(Activation, string), List<double>>();
+        foreach (var c in Program.Cases(BenchCase.Activation))
+        {
+            using var inputs = new Inputs(c, ScalarType.Float32, Layout.Nchw);
+            foreach (var act in new[] { Activation.SiLU, Activation.ReLU })
+            {
+                Tensor Act(Tensor z) => act == Activation.SiLU ? torch.nn.functional.silu(z) : torch.nn.functional.relu(z);
+                Tensor Builtin(Tensor x) => Act(torch.nn.functional.group_norm(x, c.G, inputs.Weight, inputs.Bias));
+                Tensor Fused(Tensor x) => Functional.group_norm(x, c.G, inputs.Weight, inputs.Bias, activation: act);
+                Tensor Unfused(Tensor x) => Act(Functional.group_norm(x, c.G, inputs.Weight, inputs.Bias));
+                foreach (var (pass, run) in new (string, Action<Func<Tensor, Tensor>>)[]
+                {
+                    ("fwd", f => { using var s = torch.NewDisposeScope(); using var g = torch.no_grad(); f(inputs.X); }),
+                    // The unfused pair keeps the GroupNorm output alive for the activation's backward; ours does not.
+                    ("fwd graph", f => { using var s = torch.NewDisposeScope(); f(inputs.XGrad); }),
+                    ("fwd+bwd", f => { using var s = torch.NewDisposeScope(); Gradients(f(inputs.XGrad), inputs); }),
+                })
+                {
+                    var r = CompareSides(rounds, () => run(Builtin), () => run(Fused), () => run(Unfused));
+                    if (!ratios.TryGetValue((act, pass), out var list)) ratios[(act, pass)] = list = new List<double>();
+                    list.Add(r.Ratios[1]);
+                    console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"| {c} | {act} | {pass} | {r.Medians[0]:0.0} | {r.Medians[1]:0.0} | {r.Ratios[1]:0.00}× | {r.Medians[2]:0.0} | {r.Ratios[2]:0.00}× |"));
+                }
+            }
+        }
+        console.WriteLine();
+        if (ratios.Count == 0) console.WriteLine("No shape left after --shape/--max-numel.");
+        foreach (var ((act, pass), list) in ratios)
+        {
+            console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"GN+{act} {pass}, fused over the built-in pair: median {Median(list):0.00}×, worst {list.Max():0.00}× ({list.Count} shapes)."));
+        }
         console.WriteLine();
     }
 
@@ -126,19 +204,19 @@ internal static class Interleaved
         using var dy = torch.randn(1, 32, 1, 1);
         using var w = torch.ones(32).requires_grad_();
         using var b = torch.zeros(32).requires_grad_();
-        console.WriteLine("| fixed cost on (1, 32, 1, 1) | built-in µs | ours µs | ratio |");
+        console.WriteLine("| fixed cost on (1, 32, 1, 1)/G16 | built-in µs | ours µs | ratio |");
         console.WriteLine("|---|---:|---:|---:|");
         foreach (var (name, builtin, ours) in new (string, Action, Action)[]
         {
             ("forward without grad",
-                () => { using var s = torch.NewDisposeScope(); using var g = torch.no_grad(); torch.nn.functional.group_norm(x, 32, w, b); },
-                () => { using var s = torch.NewDisposeScope(); using var g = torch.no_grad(); Functional.group_norm(x, 32, w, b); }),
+                () => { using var s = torch.NewDisposeScope(); using var g = torch.no_grad(); torch.nn.functional.group_norm(x, Groups, w, b); },
+                () => { using var s = torch.NewDisposeScope(); using var g = torch.no_grad(); Functional.group_norm(x, Groups, w, b); }),
             ("forward recording the graph",
-                () => { using var s = torch.NewDisposeScope(); torch.nn.functional.group_norm(xg, 32, w, b); },
-                () => { using var s = torch.NewDisposeScope(); Functional.group_norm(xg, 32, w, b); }),
+                () => { using var s = torch.NewDisposeScope(); torch.nn.functional.group_norm(xg, Groups, w, b); },
+                () => { using var s = torch.NewDisposeScope(); Functional.group_norm(xg, Groups, w, b); }),
             ("forward+backward",
-                () => { using var s = torch.NewDisposeScope(); torch.autograd.grad(new[] { torch.nn.functional.group_norm(xg, 32, w, b) }, new[] { xg, w, b }, new[] { dy }); },
-                () => { using var s = torch.NewDisposeScope(); torch.autograd.grad(new[] { Functional.group_norm(xg, 32, w, b) }, new[] { xg, w, b }, new[] { dy }); }),
+                () => { using var s = torch.NewDisposeScope(); torch.autograd.grad(new[] { torch.nn.functional.group_norm(xg, Groups, w, b) }, new[] { xg, w, b }, new[] { dy }); },
+                () => { using var s = torch.NewDisposeScope(); torch.autograd.grad(new[] { Functional.group_norm(xg, Groups, w, b) }, new[] { xg, w, b }, new[] { dy }); }),
         })
         {
             var r = Compare(rounds * 2, builtin, ours);
@@ -189,6 +267,41 @@ internal static class Interleaved
         return new Comparison(Median(b), Median(o), Median(ratios), f.Count > 0 ? Median(f) : double.NaN);
     }
 
+    private sealed record SideComparison(double[] Medians, double[] Ratios);
+
+    /// <summary>
+    /// Like <see cref="Compare"/> for any number of sides: the median µs per call of each, and the median of each
+    /// side's per-round ratio to the first. Every side gets its turn at every position, in both directions, so
+    /// that none always runs on the heap and caches one particular other side left.
+    /// </summary>
+    private static SideComparison CompareSides(int rounds, params Action[] sides)
+    {
+        for (int i = 0; i < 3; i++)
+        {
+            foreach (var side in sides) side();
+        }
+        int calls = CallsPerBlock(sides[0]);
+        int n = sides.Length;
+        var times = Enumerable.Range(0, n).Select(_ => new List<double>()).ToArray();
+        var ratios = Enumerable.Range(0, n).Select(_ => new List<double>()).ToArray();
+        var t = new double[n];
+        for (int round = 0; round < rounds; round++)
+        {
+            bool backwards = round / n % 2 == 1;
+            for (int k = 0; k < n; k++)
+            {
+                int side = (round + (backwards ? n - k : k)) % n;
+                t[side] = Block(sides[side], calls);
+            }
+            for (int side = 0; side < n; side++)
+            {
+                times[side].Add(t[side]);
+                ratios[side].Add(t[side] / t[0]);
+            }
+        }
+        return new SideComparison(times.Select(Median).ToArray(), ratios.Select(Median).ToArray());
+    }
+
     private static int CallsPerBlock(Action action)
     {
         var clock = Stopwatch.StartNew();
@@ -211,7 +324,13 @@ internal static class Interleaved
         return n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
     }
 
-    private static string Name(ScalarType dtype) => dtype == ScalarType.Float64 ? "f64" : "f32";
+    private static string Name(ScalarType dtype) => dtype switch
+    {
+        ScalarType.Float64 => "f64",
+        ScalarType.Float16 => "f16",
+        ScalarType.BFloat16 => "bf16",
+        _ => "f32",
+    };
 
     private static string Name(Layout layout) => layout == Layout.Nchw ? "NCHW" : "NHWC";
 }

@@ -1,5 +1,6 @@
 using System;
 using System.Collections.Generic;
+using System.Globalization;
 using System.Linq;
 using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Jobs;
@@ -17,18 +18,59 @@ namespace GroupNormalization.Benchmarks;
 ///               isolation, in-network (Conv2d → GroupNorm → ReLU) and fixed cost
 ///   --warm-allocator  glibc keeps freed memory (see GlibcAllocator.KeepFreedMemory), so that page faults
 ///               from the heap state earlier benchmarks left do not land on one side of a comparison
-///   --filter *Overhead*   BenchmarkDotNet's own filters work as usual
+///   --suite S   with --interleaved: default (isolation, in-network, fixed cost), activation (fused GN+SiLU and
+///               GN+ReLU against group_norm then silu/relu, float32) or half (float16 and bfloat16)
+///   --rounds N  with --interleaved: rounds per comparison (default 15, 2 with --quick)
+///   --shape S   only the BenchCase shapes whose name (e.g. 2x320x64x64/G32) contains S; repeatable. Applies to
+///               the interleaved isolation, activation and half suites and to the GroupNorm, FusedActivation and
+///               HalfPrecision classes; with it, --quick no longer narrows the shapes to its one
+///   --max-numel N  only BenchCase shapes of at most N elements (e.g. 5000000 leaves out the VAE's 8.4 M)
+///   --filter *Overhead*   BenchmarkDotNet's own filters work as usual; *FusedActivation* and *HalfPrecision*
+///               select the new classes
 /// </summary>
 public static class Program
 {
     private static readonly string[] AllBenchmarks = { "--filter", "*" };
 
+    private static readonly List<string> ShapeFilters = new();
+    private static long _maxNumel = long.MaxValue;
+
     public static bool Quick { get; private set; }
+
+    /// <summary>
+    /// The shapes of a suite after --shape and --max-numel; --quick's one small shape only when neither is given,
+    /// so that a quick run can still be pointed at one particular shape.
+    /// </summary>
+    public static IEnumerable<BenchCase> Cases(IEnumerable<BenchCase> full)
+    {
+        if (ShapeFilters.Count == 0 && _maxNumel == long.MaxValue) return Quick ? BenchCase.Quick : full;
+        return full.Where(c => c.Numel <= _maxNumel
+            && (ShapeFilters.Count == 0 || ShapeFilters.Any(f => c.ToString().Contains(f, StringComparison.OrdinalIgnoreCase))));
+    }
 
     public static int Main(string[] args)
     {
         var rest = new List<string>(args);
         Quick = rest.Remove("--quick");
+        string suite = "default";
+        int? rounds = null;
+        try
+        {
+            while (TakeValue(rest, "--shape") is { } shape) ShapeFilters.Add(shape);
+            if (TakeValue(rest, "--max-numel") is { } max) _maxNumel = long.Parse(max, CultureInfo.InvariantCulture);
+            if (TakeValue(rest, "--rounds") is { } r) rounds = int.Parse(r, CultureInfo.InvariantCulture);
+            if (TakeValue(rest, "--suite") is { } s) suite = s;
+        }
+        catch (Exception e) when (e is FormatException or OverflowException or ArgumentException)
+        {
+            Console.Error.WriteLine(e.Message);
+            return 2;
+        }
+        if (rounds is < 1)
+        {
+            Console.Error.WriteLine("--rounds must be at least 1.");
+            return 2;
+        }
         if (rest.Remove("--memory")) return PeakMemory.Run(Quick, Console.Out);
         bool warm = rest.Remove("--warm-allocator");
         if (warm)
@@ -36,7 +78,13 @@ public static class Program
             bool kept = GlibcAllocator.KeepFreedMemory();
             Console.WriteLine(kept ? "Warm allocator: glibc keeps freed memory (mmap threshold 32 MiB, trim threshold 1 GiB)." : "Warm allocator: not glibc, nothing changed.");
         }
-        if (rest.Remove("--interleaved")) return Interleaved.Run(Quick, Console.Out);
+        if (rest.Remove("--interleaved")) return Interleaved.Run(suite, rounds ?? (Quick ? 2 : 15), Console.Out);
+        if (suite != "default")
+        {
+            // BenchmarkDotNet would take it for a filter-less run of everything.
+            Console.Error.WriteLine("--suite goes with --interleaved; for BenchmarkDotNet use --filter *FusedActivation* or *HalfPrecision*.");
+            return 2;
+        }
         if (!rest.Contains("--filter")) rest.AddRange(AllBenchmarks);
 
         // In-process: the tensors' native library is loaded once, and no per-benchmark project is built.
@@ -50,5 +98,16 @@ public static class Program
 
         bool failed = summaries.Count == 0 || summaries.Any(s => s.HasCriticalValidationErrors || s.Reports.Any(r => !r.Success));
         return failed ? 1 : 0;
+    }
+
+    /// <summary>Removes <paramref name="option"/> and the value after it; null when the option is absent.</summary>
+    private static string? TakeValue(List<string> args, string option)
+    {
+        int i = args.IndexOf(option);
+        if (i < 0) return null;
+        if (i + 1 >= args.Count) throw new ArgumentException($"{option} needs a value.");
+        string value = args[i + 1];
+        args.RemoveRange(i, 2);
+        return value;
     }
 }

@@ -20,12 +20,15 @@ internal static class ReportTable
     public static void Write(Summary summary, TextWriter console)
     {
         NetworkTable(summary, console);
+        ActivationTable(summary, console);
+        HalfTable(summary, console);
         var medians = new Dictionary<(Key, string), double>();
         foreach (var report in summary.Reports)
         {
             if (report.ResultStatistics is null) continue;
             var bc = report.BenchmarkCase;
-            if (bc.Parameters["Case"] is not BenchCase c) continue;
+            // The other classes on BenchCase shapes have tables of their own.
+            if (bc.Descriptor.Type != typeof(GroupNormBenchmarks) || bc.Parameters["Case"] is not BenchCase c) continue;
             var key = new Key(c.ToString(), (ScalarType)bc.Parameters["DType"], (Layout)bc.Parameters["Layout"], c.Numel);
             medians[(key, bc.Descriptor.WorkloadMethod.Name)] = report.ResultStatistics.Median / 1e6; // ns → ms
         }
@@ -118,6 +121,105 @@ internal static class ReportTable
         console.WriteLine();
         console.WriteLine(text);
         var path = Path.GetFullPath(Path.Combine(summary.ResultsDirectoryPath, "..", "network-table.md"));
+        File.WriteAllText(path, text);
+        console.WriteLine($"Table written to {path}");
+    }
+
+    /// <summary>
+    /// <see cref="FusedActivationBenchmarks"/>: the fused call and ours unfused against the built-in group_norm
+    /// followed by the built-in activation, per pass, with the median and worst fused ratio of each pass.
+    /// </summary>
+    private static void ActivationTable(Summary summary, TextWriter console)
+    {
+        var medians = Medians(summary, typeof(FusedActivationBenchmarks), "Activation");
+        if (medians.Count == 0) return;
+        double Get((BenchCase, object) k, string m) => medians.TryGetValue((k.Item1, k.Item2, m), out var v) ? v : double.NaN;
+
+        var sb = new StringBuilder();
+        sb.AppendLine("| shape/G | act | pass | built-in GN, act ms | ours fused ms | ratio | ours GN, built-in act ms | ratio |");
+        sb.AppendLine("|---|---|---|---:|---:|---:|---:|---:|");
+        var ratios = new Dictionary<(object, string), List<double>>();
+        foreach (var k in medians.Keys.Select(k => (k.Case, k.Param)).Distinct())
+        {
+            foreach (var (pass, suffix) in new[] { ("fwd", "ActForward"), ("fwd graph", "ActForwardGraph"), ("fwd+bwd", "ActForwardBackward") })
+            {
+                double builtin = Get(k, "Builtin" + suffix), ours = Get(k, "Ours" + suffix), unfused = Get(k, "Unfused" + suffix);
+                if (!double.IsNaN(ours / builtin))
+                {
+                    if (!ratios.TryGetValue((k.Param, pass), out var list)) ratios[(k.Param, pass)] = list = new List<double>();
+                    list.Add(ours / builtin);
+                }
+                sb.Append(CultureInfo.InvariantCulture,
+                    $"| {k.Case} | {k.Param} | {pass} | {F(builtin)} | {F(ours)} | {R(ours / builtin)} | {F(unfused)} | {R(unfused / builtin)} |\n");
+            }
+        }
+        sb.AppendLine();
+        foreach (var ((act, pass), list) in ratios)
+        {
+            sb.Append(CultureInfo.InvariantCulture,
+                $"GN+{act} {pass}, fused over the built-in pair: median {R(Median(list))}, worst {R(list.Max())} ({list.Count} shapes).\n");
+        }
+        Emit(summary, console, sb.ToString(), "activation-table.md");
+    }
+
+    /// <summary><see cref="HalfPrecisionBenchmarks"/>: float16 and bfloat16, ours against the built-in in the same dtype.</summary>
+    private static void HalfTable(Summary summary, TextWriter console)
+    {
+        var medians = Medians(summary, typeof(HalfPrecisionBenchmarks), "DType");
+        if (medians.Count == 0) return;
+        double Get((BenchCase, object) k, string m) => medians.TryGetValue((k.Item1, k.Item2, m), out var v) ? v : double.NaN;
+
+        var sb = new StringBuilder();
+        sb.AppendLine("| shape/G | dtype | built-in fwd ms | ours fwd ms | ratio | built-in fwd+bwd ms | ours fwd+bwd ms | ratio |");
+        sb.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|");
+        var fwd = new Dictionary<object, List<double>>();
+        var fb = new Dictionary<object, List<double>>();
+        foreach (var k in medians.Keys.Select(k => (k.Case, k.Param)).Distinct().OrderBy(k => (ScalarType)k.Param))
+        {
+            double bf = Get(k, nameof(HalfPrecisionBenchmarks.BuiltinHalfForward)), of = Get(k, nameof(HalfPrecisionBenchmarks.OursHalfForward));
+            double bb = Get(k, nameof(HalfPrecisionBenchmarks.BuiltinHalfForwardBackward)), ob = Get(k, nameof(HalfPrecisionBenchmarks.OursHalfForwardBackward));
+            if (!double.IsNaN(of / bf)) Add(fwd, k.Param, of / bf);
+            if (!double.IsNaN(ob / bb)) Add(fb, k.Param, ob / bb);
+            sb.Append(CultureInfo.InvariantCulture,
+                $"| {k.Case} | {HalfName(k.Param)} | {F(bf)} | {F(of)} | {R(of / bf)} | {F(bb)} | {F(ob)} | {R(ob / bb)} |\n");
+        }
+        sb.AppendLine();
+        foreach (var dtype in fwd.Keys.Where(fb.ContainsKey))
+        {
+            sb.Append(CultureInfo.InvariantCulture,
+                $"{HalfName(dtype)}: median ratio to the built-in: forward {R(Median(fwd[dtype]))}, forward+backward {R(Median(fb[dtype]))}; " +
+                $"worst: forward {R(fwd[dtype].Max())}, forward+backward {R(fb[dtype].Max())} ({fwd[dtype].Count} shapes).\n");
+        }
+        Emit(summary, console, sb.ToString(), "half-table.md");
+
+        static string HalfName(object dtype) => (ScalarType)dtype == ScalarType.BFloat16 ? "bf16" : "f16";
+
+        static void Add(Dictionary<object, List<double>> d, object key, double value)
+        {
+            if (!d.TryGetValue(key, out var list)) d[key] = list = new List<double>();
+            list.Add(value);
+        }
+    }
+
+    /// <summary>Median ms of every successful report of one class, by shape, one further parameter and method.</summary>
+    private static Dictionary<(BenchCase Case, object Param, string Method), double> Medians(Summary summary, System.Type type, string parameter)
+    {
+        var medians = new Dictionary<(BenchCase, object, string), double>();
+        foreach (var report in summary.Reports)
+        {
+            if (report.ResultStatistics is null) continue;
+            var bc = report.BenchmarkCase;
+            if (bc.Descriptor.Type != type || bc.Parameters["Case"] is not BenchCase c) continue;
+            medians[(c, bc.Parameters[parameter], bc.Descriptor.WorkloadMethod.Name)] = report.ResultStatistics.Median / 1e6; // ns → ms
+        }
+        return medians;
+    }
+
+    private static void Emit(Summary summary, TextWriter console, string text, string file)
+    {
+        console.WriteLine();
+        console.WriteLine(text);
+        var path = Path.GetFullPath(Path.Combine(summary.ResultsDirectoryPath, "..", file));
         File.WriteAllText(path, text);
         console.WriteLine($"Table written to {path}");
     }
