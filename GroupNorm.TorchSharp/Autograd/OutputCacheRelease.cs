@@ -1,6 +1,4 @@
-using System;
-using System.Collections.Generic;
-using System.Reflection;
+using GroupNormalization.Interop;
 using static TorchSharp.torch;
 
 namespace GroupNormalization.Autograd;
@@ -18,38 +16,14 @@ namespace GroupNormalization.Autograd;
 /// <para>
 /// Safety: <see cref="GroupNormFunction"/> turns materialize_grads off, so TorchSharp never reads the
 /// cache, and its backward handles an undefined incoming gradient itself. TorchSharp exposes no API for
-/// this, so the fields are found by reflection once; if a future TorchSharp renames them, nothing is
-/// released and everything still works, only with the extra memory (a test flags that case).
+/// this; the private fields are reached through <see cref="TorchSharpInternals"/>, and if a future
+/// TorchSharp renames them nothing is released and everything still works, only with the extra memory.
 /// </para>
 /// </summary>
 internal static class OutputCacheRelease
 {
-    private const BindingFlags Private = BindingFlags.NonPublic | BindingFlags.Instance;
-
-    private static readonly FieldInfo? NodeField = typeof(autograd.AutogradContext).GetField("_node", Private);
-    private static FieldInfo? s_cacheField;
-
     /// <summary>Whether this TorchSharp still has the internals this relies on (a test asserts it).</summary>
-    internal static bool Supported =>
-        NodeField is not null &&
-        Array.Exists(NodeField.FieldType.Assembly.GetTypes(),
-            t => t.IsSubclassOf(NodeField.FieldType) && t.GetField("_outputCache", Private)?.FieldType == typeof(List<Tensor>));
+    internal static bool Supported => TorchSharpInternals.OutputCacheFound;
 
-    public static void Release(autograd.AutogradContext ctx)
-    {
-        if (CacheOf(ctx) is not List<Tensor> cache) return;
-        for (int i = 0; i < cache.Count; i++)
-        {
-            cache[i]?.Dispose();
-            cache[i] = null!;
-        }
-    }
-
-    private static List<Tensor>? CacheOf(autograd.AutogradContext ctx)
-    {
-        var node = NodeField?.GetValue(ctx);
-        if (node is null) return null;
-        var field = s_cacheField ??= node.GetType().GetField("_outputCache", Private);
-        return field?.GetValue(node) as List<Tensor>;
-    }
+    public static void Release(autograd.AutogradContext ctx) => TorchSharpInternals.ReleaseOutputCache(ctx);
 }

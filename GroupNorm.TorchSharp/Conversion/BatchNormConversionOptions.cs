@@ -69,8 +69,18 @@ public sealed class BatchNormConversionOptions
     /// </summary>
     public bool copy_affine { get; set; } = true;
 
-    /// <summary>Whether the replaced BatchNorm modules are disposed once nothing in the tree refers to them (default true).</summary>
+    /// <summary>
+    /// Whether the replaced modules are disposed once nothing in the tree refers to them (default true): the
+    /// BatchNorm layers, and with <see cref="fuse_activations"/> the normalization and activation modules folded away.
+    /// </summary>
     public bool dispose_replaced { get; set; } = true;
+
+    /// <summary>
+    /// Whether a normalization layer followed directly by a SiLU or ReLU inside a <c>Sequential</c> becomes one
+    /// <see cref="GroupNorm"/> with that <see cref="GroupNorm.activation"/> (default false). See
+    /// <see cref="BatchNormConverter"/> for which layers fold and what takes the activation's place.
+    /// </summary>
+    public bool fuse_activations { get; set; }
 
     /// <summary>The number of groups these options give a layer with <paramref name="num_channels"/> channels.</summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="num_channels"/> is below 1.</exception>

@@ -1,11 +1,10 @@
 using System;
-using System.Collections;
 using System.Collections.Generic;
 using System.Linq;
-using System.Reflection;
-using System.Runtime.CompilerServices;
+using GroupNormalization.Interop;
 using TorchSharp;
 using TorchSharp.Modules;
+using static TorchSharp.torch;
 
 namespace GroupNormalization.Conversion;
 
@@ -21,6 +20,23 @@ namespace GroupNormalization.Conversion;
 /// so forward, state_dict keys and the optimizer's view of the parameters all see the new layer.
 /// </para>
 /// <para>
+/// With <see cref="BatchNormConversionOptions.fuse_activations"/>, a normalization layer followed directly by
+/// a SiLU or ReLU module (in-place or not) in the same <c>Sequential</c> becomes one GroupNorm computing
+/// act(GroupNorm(x)): a BatchNorm being converted, one of our GroupNorm layers without an activation, or
+/// TorchSharp's <c>nn.GroupNorm</c> with weight and bias (without them its channel count is unknown). The
+/// new layer keeps the old one's groups, eps, affine flag, values of weight and bias, their
+/// <c>requires_grad</c>, device, dtype and training mode (a BatchNorm's groups, eps and affine flag follow the
+/// options as without folding). The activation's slot then holds an <c>nn.Identity</c> rather than being
+/// removed, so every item keeps its index and name: code that indexes the Sequential (<c>model[3]</c>) finds
+/// the same layer, and state_dict keys (<c>3.weight</c>) stay as they were, so checkpoints saved before the
+/// conversion load after it. Removing the slot would shift every later index, and leave a gap in the names
+/// that a Sequential rebuilt from its items would close by renumbering its keys. The Identity has no
+/// parameters and passes the tensor through at the cost of one alias. Not folded: a layer that sits in more than one place of the tree (its other places
+/// would lose the sharing of weights), a Sequential subclass with its own <c>forward</c> (its items need not
+/// run in order), and layers in any other container. Forward hooks registered on the norm layer or the
+/// activation are not carried over.
+/// </para>
+/// <para>
 /// Limits: a BatchNorm kept only in a C# field typed as BatchNorm (rather than <c>Module</c> or
 /// <c>Module&lt;Tensor, Tensor&gt;</c>) cannot hold a GroupNorm and is reported with an exception before
 /// anything of that parent changes; a BatchNorm captured in a lambda or held outside the tree is not seen.
@@ -29,18 +45,17 @@ namespace GroupNormalization.Conversion;
 /// </summary>
 public static class BatchNormConverter
 {
-    // The registry behind named_children(); TorchSharp exposes no public way to swap an entry in place.
-    private static readonly FieldInfo RegistryField =
-        typeof(torch.nn.Module).GetField("_internal_submodules", BindingFlags.Instance | BindingFlags.NonPublic)
-        ?? throw new MissingFieldException(typeof(torch.nn.Module).FullName, "_internal_submodules");
-
     /// <summary>Replaces the BatchNorm layers under <paramref name="model"/> (not the model itself) with GroupNorm.</summary>
     /// <param name="model">Root of the module tree; changed in place.</param>
-    /// <param name="options">How to choose groups, eps and affine parameters; null for the defaults.</param>
-    /// <returns>The replaced layers, with the number of groups each got.</returns>
+    /// <param name="options">How to choose groups, eps and affine parameters, and whether to fold activations; null for the defaults.</param>
+    /// <returns>The replaced layers, with the number of groups each got and the activation each absorbed.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="model"/> is null.</exception>
     /// <exception cref="ArgumentException"><paramref name="model"/> is itself a BatchNorm: wrap it in a container first.</exception>
     /// <exception cref="InvalidOperationException">A parent keeps a BatchNorm in a field whose type cannot hold a GroupNorm.</exception>
+    /// <exception cref="NotSupportedException">
+    /// A layer inside a <c>Sequential</c> must be replaced and this TorchSharp lacks the internal that allows it
+    /// (the message names it); the parent is left unchanged.
+    /// </exception>
     public static BatchNormConversionReport Convert(torch.nn.Module model, BatchNormConversionOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -48,162 +63,186 @@ public static class BatchNormConverter
             throw new ArgumentException($"The model is itself a {model.GetType().Name}; a module cannot replace itself, so wrap it (e.g. in a Sequential) first.", nameof(model));
         options ??= new BatchNormConversionOptions();
 
-        var replacements = new Dictionary<BatchNorm, GroupNorm>(ReferenceEqualityComparer.Instance);
-        var layers = new List<ConvertedLayer>();
-        var visited = new HashSet<torch.nn.Module>(ReferenceEqualityComparer.Instance);
-        ConvertChildren(model, "", options, replacements, layers, visited);
-
-        if (options.dispose_replaced)
-        {
-            foreach (var old in replacements.Keys) old.Dispose();
-        }
-        return new BatchNormConversionReport(layers);
+        var walk = new Walk(options, options.fuse_activations ? CountPlaces(model) : null);
+        walk.ConvertChildren(model, "");
+        if (options.dispose_replaced) walk.DisposeReplaced(model);
+        return new BatchNormConversionReport(walk.Layers);
     }
 
-    private static void ConvertChildren(
-        torch.nn.Module parent,
-        string prefix,
-        BatchNormConversionOptions options,
-        Dictionary<BatchNorm, GroupNorm> replacements,
-        List<ConvertedLayer> layers,
-        HashSet<torch.nn.Module> visited)
+    // How many registry entries hold each module: a layer held in one place can be folded without
+    // changing what any other place computes.
+    private static Dictionary<torch.nn.Module, int> CountPlaces(torch.nn.Module root)
     {
-        if (!visited.Add(parent)) return;
-
-        // Snapshot: the registry is rewritten while we walk it.
-        foreach (var (name, child) in parent.named_children().ToList())
+        var counts = new Dictionary<torch.nn.Module, int>(ReferenceEqualityComparer.Instance);
+        var visited = new HashSet<torch.nn.Module>(ReferenceEqualityComparer.Instance) { root };
+        var pending = new Stack<torch.nn.Module>();
+        pending.Push(root);
+        while (pending.TryPop(out var parent))
         {
-            if (child is BatchNorm bn)
+            foreach (var (_, child) in parent.named_children())
             {
-                if (!replacements.TryGetValue(bn, out var gn))
-                {
-                    gn = CreateReplacement(bn, options);
-                    replacements.Add(bn, gn);
-                    layers.Add(new ConvertedLayer(prefix + name, bn.GetType().Name, bn.num_features, gn.num_groups));
-                }
-                Replace(parent, name, bn, gn);
+                counts[child] = counts.GetValueOrDefault(child) + 1;
+                if (visited.Add(child)) pending.Push(child);
             }
-            else
+        }
+        return counts;
+    }
+
+    private sealed class Walk(BatchNormConversionOptions options, Dictionary<torch.nn.Module, int>? places)
+    {
+        private readonly Dictionary<BatchNorm, GroupNorm> _replacements = new(ReferenceEqualityComparer.Instance);
+        private readonly List<torch.nn.Module> _replaced = [];
+        private readonly List<torch.nn.Module> _foldedActivations = [];
+        private readonly HashSet<torch.nn.Module> _visited = new(ReferenceEqualityComparer.Instance);
+
+        public List<ConvertedLayer> Layers { get; } = [];
+
+        public void ConvertChildren(torch.nn.Module parent, string prefix)
+        {
+            if (!_visited.Add(parent)) return;
+
+            // Snapshot: the registry is rewritten while we walk it.
+            var children = parent.named_children().ToList();
+            var sequential = places is null ? null : AsPlainSequential(parent);
+            for (int i = 0; i < children.Count; i++)
             {
-                ConvertChildren(child, prefix + name + ".", options, replacements, layers, visited);
+                var (name, child) = children[i];
+                if (sequential is not null && i + 1 < children.Count && TryFold(sequential, prefix, i, children[i], children[i + 1]))
+                {
+                    i++;
+                    continue;
+                }
+
+                if (child is BatchNorm bn)
+                {
+                    if (!_replacements.TryGetValue(bn, out var gn))
+                    {
+                        gn = CreateReplacement(bn, options, Activation.None);
+                        _replacements.Add(bn, gn);
+                        _replaced.Add(bn);
+                        Layers.Add(new ConvertedLayer(prefix + name, bn.GetType().Name, bn.num_features, gn.num_groups));
+                    }
+                    Commit(TorchSharpInternals.PlanReplacement(parent, bn, gn), gn);
+                }
+                else
+                {
+                    ConvertChildren(child, prefix + name + ".");
+                }
+            }
+        }
+
+        private bool TryFold(Sequential sequential, string prefix, int index,
+            (string name, torch.nn.Module module) norm, (string name, torch.nn.Module module) next)
+        {
+            var activation = next.module switch
+            {
+                SiLU => Activation.SiLU,
+                ReLU => Activation.ReLU,
+                _ => Activation.None,
+            };
+            if (activation == Activation.None || places!.GetValueOrDefault(norm.module) != 1) return false;
+
+            var (fused, kind) = norm.module switch
+            {
+                BatchNorm bn => (CreateReplacement(bn, options, activation), bn.GetType().Name),
+                GroupNorm ours when ours.activation == Activation.None && (ours.weight is null) == (ours.bias is null) =>
+                    (Refold(ours.num_groups, ours.num_channels, ours.eps, ours.weight, ours.bias, ours.training, activation), nameof(GroupNorm)),
+                TorchSharp.Modules.GroupNorm theirs when theirs.weight is not null && theirs.bias is not null =>
+                    (Refold(theirs.num_groups, theirs.weight.shape[0], theirs.eps, theirs.weight, theirs.bias, theirs.training, activation),
+                        typeof(TorchSharp.Modules.GroupNorm).FullName!),
+                _ => (null, ""),
+            };
+            if (fused is null) return false;
+
+            var identity = torch.nn.Identity();
+            identity.train(next.module.training);
+            Action storeNorm, storeIdentity;
+            try
+            {
+                storeNorm = TorchSharpInternals.PlanReplacement(sequential, norm.module, fused);
+                storeIdentity = TorchSharpInternals.PlanSequentialItem(sequential, index + 1, identity);
+            }
+            catch
+            {
+                fused.Dispose();
+                identity.Dispose();
+                throw;
+            }
+            storeNorm();
+            storeIdentity();
+
+            _replaced.Add(norm.module);
+            _foldedActivations.Add(next.module);
+            Layers.Add(new ConvertedLayer(prefix + norm.name, kind, fused.num_channels, fused.num_groups, activation, prefix + next.name));
+            return true;
+        }
+
+        private static void Commit(Action store, GroupNorm replacement)
+        {
+            try
+            {
+                store();
+            }
+            catch
+            {
+                replacement.Dispose();
+                throw;
+            }
+        }
+
+        public void DisposeReplaced(torch.nn.Module model)
+        {
+            foreach (var old in _replaced) old.Dispose();
+            if (_foldedActivations.Count == 0) return;
+            // An activation module may also sit in places that were not folded; those keep it alive.
+            var live = new HashSet<torch.nn.Module>(model.modules(), ReferenceEqualityComparer.Instance) { model };
+            foreach (var activation in _foldedActivations.Distinct(ReferenceEqualityComparer.Instance).Cast<torch.nn.Module>())
+            {
+                if (!live.Contains(activation)) activation.Dispose();
             }
         }
     }
 
-    private static GroupNorm CreateReplacement(BatchNorm bn, BatchNormConversionOptions options)
+    // A subclass that overrides forward decides itself how its items combine, so adjacency means nothing there.
+    private static Sequential? AsPlainSequential(torch.nn.Module module) =>
+        module is Sequential sequential
+        && sequential.GetType().GetMethod(nameof(Sequential.forward), [typeof(Tensor)])?.DeclaringType == typeof(Sequential)
+            ? sequential
+            : null;
+
+    private static GroupNorm CreateReplacement(BatchNorm bn, BatchNormConversionOptions options, Activation activation)
     {
         // BatchNorm without affine parameters still has running statistics; either one tells the placement.
         var reference = bn.affine ? bn.weight : bn.running_mean;
-        var device = reference?.device;
-        var dtype = reference?.dtype;
         var affine = options.affine ?? bn.affine;
-        var gn = new GroupNorm(options.choose_num_groups(bn.num_features), bn.num_features, options.eps ?? bn.eps, affine, device, dtype);
-
-        if (affine && bn.affine && gn.weight is not null && gn.bias is not null)
-        {
-            using (torch.no_grad())
-            {
-                if (options.copy_affine)
-                {
-                    gn.weight.copy_(bn.weight);
-                    if (bn.bias is not null) gn.bias.copy_(bn.bias);
-                }
-            }
-            // A frozen BatchNorm (fine-tuning a backbone) stays frozen.
-            gn.weight.requires_grad = bn.weight.requires_grad;
-            if (bn.bias is not null) gn.bias.requires_grad = bn.bias.requires_grad;
-        }
+        var gn = new GroupNorm(options.choose_num_groups(bn.num_features), bn.num_features, options.eps ?? bn.eps, affine,
+            reference?.device, reference?.dtype, activation);
+        if (bn.affine) CopyAffine(gn, bn.weight, bn.bias, options.copy_affine);
         gn.train(bn.training);
         return gn;
     }
 
-    private static void Replace(torch.nn.Module parent, string name, BatchNorm old, GroupNorm replacement)
+    private static GroupNorm Refold(long numGroups, long numChannels, double eps, Parameter? weight, Parameter? bias, bool training, Activation activation)
     {
-        var fieldUpdates = FindFieldUpdates(parent, old, replacement);
-
-        if (RegistryField.GetValue(parent) is IDictionary<string, torch.nn.Module> registry
-            && registry.TryGetValue(name, out var registered)
-            && ReferenceEquals(registered, old))
-        {
-            // The indexer of TorchSharp's OrderedDict keeps the entry's position, so state_dict order is unchanged.
-            registry[name] = replacement;
-        }
-
-        foreach (var update in fieldUpdates) update();
+        var gn = new GroupNorm(numGroups, numChannels, eps, weight is not null, weight?.device, weight?.dtype, activation);
+        CopyAffine(gn, weight, bias, copyValues: true);
+        gn.train(training);
+        return gn;
     }
 
-    // Collects every store first and applies none until all are known to be possible, so a failure leaves the parent untouched.
-    private static List<Action> FindFieldUpdates(torch.nn.Module parent, BatchNorm old, GroupNorm replacement)
+    private static void CopyAffine(GroupNorm gn, Parameter? weight, Parameter? bias, bool copyValues)
     {
-        var updates = new List<Action>();
-        for (var type = parent.GetType(); type is not null && type != typeof(torch.nn.Module); type = type.BaseType)
+        if (gn.weight is null || gn.bias is null || weight is null) return;
+        if (copyValues)
         {
-            foreach (var field in type.GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.DeclaredOnly))
+            using (torch.no_grad())
             {
-                var value = field.GetValue(parent);
-                if (value is null) continue;
-
-                if (ReferenceEquals(value, old))
-                {
-                    if (!field.FieldType.IsAssignableFrom(typeof(GroupNorm)))
-                        throw new InvalidOperationException(
-                            $"{type.Name}.{field.Name} is typed {field.FieldType.Name} and cannot hold a GroupNorm; declare it as Module<Tensor, Tensor> to let the converter replace it.");
-                    updates.Add(() => field.SetValue(parent, replacement));
-                }
-                else if (value is IList list && !list.IsReadOnly && !list.IsFixedSize)
-                {
-                    AddListUpdates(type, field, list, old, replacement, updates);
-                }
-                else if (value is IDictionary dictionary && !dictionary.IsReadOnly)
-                {
-                    AddDictionaryUpdates(type, field, dictionary, old, replacement, updates);
-                }
+                gn.weight.copy_(weight);
+                if (bias is not null) gn.bias.copy_(bias);
             }
         }
-        return updates;
+        // A frozen layer (fine-tuning a backbone) stays frozen.
+        gn.weight.requires_grad = weight.requires_grad;
+        if (bias is not null) gn.bias.requires_grad = bias.requires_grad;
     }
-
-    private static void AddListUpdates(Type owner, FieldInfo field, IList list, BatchNorm old, GroupNorm replacement, List<Action> updates)
-    {
-        var elementType = ListElementType(list.GetType());
-        for (var i = 0; i < list.Count; i++)
-        {
-            var item = list[i];
-            var index = i;
-            if (ReferenceEquals(item, old))
-            {
-                if (elementType is not null && !elementType.IsAssignableFrom(typeof(GroupNorm)))
-                    throw new InvalidOperationException($"{owner.Name}.{field.Name} holds {elementType.Name} items and cannot hold a GroupNorm.");
-                updates.Add(() => list[index] = replacement);
-            }
-            else if (item is ITuple { Length: 2 } pair && ReferenceEquals(pair[1], old))
-            {
-                // ModuleDict keeps (name, module) pairs beside its dictionary.
-                var pairType = item.GetType();
-                var moduleType = pairType.GetGenericArguments()[1];
-                if (!moduleType.IsAssignableFrom(typeof(GroupNorm)))
-                    throw new InvalidOperationException($"{owner.Name}.{field.Name} holds {moduleType.Name} items and cannot hold a GroupNorm.");
-                var rebuilt = Activator.CreateInstance(pairType, pair[0], replacement);
-                updates.Add(() => list[index] = rebuilt);
-            }
-        }
-    }
-
-    private static void AddDictionaryUpdates(Type owner, FieldInfo field, IDictionary dictionary, BatchNorm old, GroupNorm replacement, List<Action> updates)
-    {
-        var valueType = dictionary.GetType().IsGenericType ? dictionary.GetType().GetGenericArguments().ElementAtOrDefault(1) : null;
-        foreach (var key in dictionary.Keys.Cast<object>().ToList())
-        {
-            if (!ReferenceEquals(dictionary[key], old)) continue;
-            if (valueType is not null && !valueType.IsAssignableFrom(typeof(GroupNorm)))
-                throw new InvalidOperationException($"{owner.Name}.{field.Name} holds {valueType.Name} values and cannot hold a GroupNorm.");
-            updates.Add(() => dictionary[key] = replacement);
-        }
-    }
-
-    private static Type? ListElementType(Type listType) =>
-        listType.GetInterfaces()
-            .Where(i => i.IsGenericType && i.GetGenericTypeDefinition() == typeof(IList<>))
-            .Select(i => i.GetGenericArguments()[0])
-            .FirstOrDefault();
 }

@@ -1,7 +1,5 @@
 using System;
-using System.Reflection;
-using System.Runtime.InteropServices;
-using TorchSharp;
+using GroupNormalization.Interop;
 using static TorchSharp.torch;
 
 namespace GroupNormalization.Kernels;
@@ -17,33 +15,14 @@ internal enum ChannelLayout
 }
 
 /// <summary>Raw access to CPU tensor memory, and layout detection.</summary>
-internal static unsafe partial class TensorMemory
+internal static unsafe class TensorMemory
 {
-    static TensorMemory()
-    {
-        // Resolve LibTorchSharp exactly as TorchSharp did (same package, same folder), rather than
-        // letting our assembly probe on its own and possibly find a different copy.
-        NativeLibrary.SetDllImportResolver(typeof(TensorMemory).Assembly, ResolveTorchSharpNative);
-    }
-
-    private static IntPtr ResolveTorchSharpNative(string name, Assembly assembly, DllImportSearchPath? searchPath)
-    {
-        if (name == LibTorchSharp && NativeLibrary.TryLoad(name, typeof(torch).Assembly, searchPath, out var handle))
-            return handle;
-        return IntPtr.Zero;
-    }
-
-    private const string LibTorchSharp = "LibTorchSharp";
-
-    // at::Tensor::data_ptr(): already offset by storage_offset() · element size.
-    [LibraryImport(LibTorchSharp, EntryPoint = "THSTensor_data")]
-    private static partial IntPtr THSTensor_data(IntPtr tensor);
-
     /// <summary>
     /// Address of the tensor's first element. The caller keeps <paramref name="t"/> alive
-    /// (GC.KeepAlive) for as long as the pointer is in use.
+    /// (GC.KeepAlive) for as long as the pointer is in use; only valid when
+    /// <see cref="TorchSharpInternals.DataPointerAvailable"/> is true.
     /// </summary>
-    public static T* Pointer<T>(Tensor t) where T : unmanaged => (T*)THSTensor_data(t.Handle);
+    public static T* Pointer<T>(Tensor t) where T : unmanaged => (T*)TorchSharpInternals.DataPointer(t);
 
     /// <summary>
     /// The dense layout of <paramref name="t"/> (rank ≥ 2), read dimension by dimension: TorchSharp's
