@@ -1,5 +1,6 @@
 using System;
 using System.Numerics;
+using GroupNormalization.Interop;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -23,8 +24,10 @@ internal static unsafe class CpuFusedKernel
     /// <summary>Up to this many rows, inference keeps its statistics on the stack.</summary>
     private const int StackRows = 256;
 
+    /// <summary>CPU tensors of the four floating types, when this TorchSharp exposes tensor data addresses (see <see cref="TorchSharpInternals"/>).</summary>
     public static bool Supports(Tensor x) =>
-        x.device_type == DeviceType.CPU && x.dtype is ScalarType.Float32 or ScalarType.Float64 or ScalarType.Float16 or ScalarType.BFloat16;
+        x.device_type == DeviceType.CPU && x.dtype is ScalarType.Float32 or ScalarType.Float64 or ScalarType.Float16 or ScalarType.BFloat16
+        && TorchSharpInternals.DataPointerAvailable;
 
     /// <summary>float64 for float64 input, float32 for the others (the half types compute in float32).</summary>
     private static ScalarType ArithmeticType(ScalarType stored) => stored == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
