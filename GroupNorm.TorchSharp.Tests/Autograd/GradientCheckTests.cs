@@ -8,7 +8,7 @@ using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace GroupNormalization.Tests;
+namespace GroupNormalization.Tests.Autograd;
 
 /// <summary>
 /// Our analytic derivatives against central finite differences in float64: the full Jacobian of y with
