@@ -240,10 +240,13 @@ public sealed class ArgumentErrorTests
     public void AcceptsOneValuePerGroupInALargerOrEmptyBatch([Values(2, 0)] long batch, [Values(Activation.None, Activation.SiLU)] Activation activation)
     {
         using var scope = torch.NewDisposeScope();
+        torch.manual_seed(66);
         var shape = new[] { batch, 10L, 1L };
         var x = torch.randn(shape).requires_grad_();
         var b = torch.randn(10);
-        var y = Functional.group_norm(x, 10, torch.ones(10), b, activation: activation);
+        // eps = 1 makes r exactly 1: with the default eps, x·r and μ·r (≈ 300·x) cancel to β only up to
+        // their own rounding, which is not what this test is about (DegenerateGroupTests measures that).
+        var y = Functional.group_norm(x, 10, torch.ones(10), b, eps: 1, activation: activation);
         var expected = Oracle.Activate(b.expand(batch, 10).unsqueeze(2), activation);
         y.sum().backward();
         Assert.Multiple(() =>
