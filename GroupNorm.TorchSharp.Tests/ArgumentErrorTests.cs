@@ -1,4 +1,5 @@
 using System;
+using GroupNormalization.Tests.Parity;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -193,6 +194,103 @@ public sealed class ArgumentErrorTests
         var x = torch.randn(2, 6).to_sparse();
         Assert.That(x.is_sparse, Is.True);
         AssertRejected(() => Functional.group_norm(x, 2), "input", "sparse");
+    }
+
+    [Test]
+    public void ModuleRejectsUndefinedActivation()
+    {
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => new GroupNorm(2, 6, activation: (Activation)7).Dispose());
+        Assert.Multiple(() =>
+        {
+            Assert.That(e!.ParamName, Is.EqualTo("activation"));
+            Assert.That(e.Message, Does.Contain("activation=7"));
+        });
+    }
+
+    [Test]
+    public void FunctionalRejectsUndefinedActivation([Values(-1, 3, 7)] int value)
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = torch.randn(2, 6, 3);
+        Assert.That(() => Functional.group_norm(x, 2, activation: (Activation)value), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        AssertRejected(() => Functional.group_norm(x, 2, activation: (Activation)value), "activation", $"activation={value}");
+    }
+
+    /// <summary>
+    /// PyTorch refuses a batch in which every group holds one value (N·C/G·S = 1): its variance is 0 and
+    /// the output would be β whatever x is. Both entry points, with and without an activation.
+    /// </summary>
+    [Test]
+    public void RejectsOneValuePerGroup([Values(new long[] { 1, 10 }, new long[] { 1, 10, 1 }, new long[] { 1, 10, 1, 1 })] long[] shape,
+        [Values(Activation.None, Activation.SiLU)] Activation activation)
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = torch.randn(shape);
+        var text = "[" + string.Join(", ", shape) + "]";
+        AssertRejected(() => Functional.group_norm(x, 10, activation: activation), "input", text, "num_groups=10");
+        using var m = new GroupNorm(10, 10, activation: activation);
+        AssertRejected(() => m.forward(x), "input", text);
+    }
+
+    /// <summary>
+    /// One value per group in each sample is fine once the batch has two samples (the statistics still
+    /// see a single value each: y is β there, as in PyTorch), and an empty batch has no groups at all.
+    /// </summary>
+    [Test]
+    public void AcceptsOneValuePerGroupInALargerOrEmptyBatch([Values(2, 0)] long batch, [Values(Activation.None, Activation.SiLU)] Activation activation)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(66);
+        var shape = new[] { batch, 10L, 1L };
+        var x = torch.randn(shape).requires_grad_();
+        var b = torch.randn(10);
+        // eps = 1 makes r exactly 1: with the default eps, x·r and μ·r (≈ 300·x) cancel to β only up to
+        // their own rounding, which is not what this test is about (DegenerateGroupTests measures that).
+        var y = Functional.group_norm(x, 10, torch.ones(10), b, eps: 1, activation: activation);
+        var expected = Oracle.Activate(b.expand(batch, 10).unsqueeze(2), activation);
+        y.sum().backward();
+        Assert.Multiple(() =>
+        {
+            Assert.That(y.shape, Is.EqualTo(shape));
+            Assert.That(x.grad!.shape, Is.EqualTo(shape));
+            Assert.That(TestTensors.RelativeError(y, expected), Is.LessThanOrEqualTo(ParityCheck.Float32Tolerance), "y must be act(β)");
+        });
+    }
+
+    /// <summary>Each parameter may be float32 beside a half input, but the two must agree with each other.</summary>
+    [Test]
+    public void RejectsWeightAndBiasOfDifferentDtypes([Values(ScalarType.Float16, ScalarType.BFloat16)] ScalarType dtype)
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = torch.randn(new long[] { 2, 6, 3 }).to(dtype);
+        var w = torch.ones(6, ScalarType.Float32);
+        var b = torch.zeros(6, dtype);
+        AssertRejected(() => Functional.group_norm(x, 2, w, b), "bias", "weight of dtype Float32", $"bias of dtype {dtype}");
+        AssertRejected(() => Functional.group_norm(x, 2, b, w), "bias", $"weight of dtype {dtype}", "bias of dtype Float32");
+    }
+
+    /// <summary>float32 is the only parameter dtype a half input may be mixed with, as in PyTorch.</summary>
+    [TestCase(ScalarType.Float16, ScalarType.Float64)]
+    [TestCase(ScalarType.BFloat16, ScalarType.Float64)]
+    [TestCase(ScalarType.Float16, ScalarType.BFloat16)]
+    [TestCase(ScalarType.BFloat16, ScalarType.Float16)]
+    [TestCase(ScalarType.Float32, ScalarType.Float16)]
+    public void RejectsMixedParametersOtherThanFloat32(ScalarType input, ScalarType parameter)
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = torch.randn(new long[] { 2, 6, 3 }).to(input);
+        var p = torch.ones(6, parameter);
+        AssertRejected(() => Functional.group_norm(x, 2, p), "weight", $"({input})", $"weight of dtype {parameter}");
+        AssertRejected(() => Functional.group_norm(x, 2, bias: p), "bias", $"({input})", $"bias of dtype {parameter}");
+    }
+
+    [Test]
+    public void ModuleOfFloat64RejectsFloat16Input()
+    {
+        using var scope = torch.NewDisposeScope();
+        using var m = new GroupNorm(2, 6, dtype: ScalarType.Float64, activation: Activation.SiLU);
+        var x = torch.randn(new long[] { 2, 6, 3 }).to(ScalarType.Float16);
+        AssertRejected(() => m.forward(x), "weight", "Float16", "dtype Float64");
     }
 
     [Test]

@@ -158,6 +158,55 @@ public sealed class ModuleTests
     }
 
     [Test]
+    public void ToStringNamesAFusedActivationOnly()
+    {
+        using var none = new GroupNorm(32, 256, activation: Activation.None);
+        using var silu = new GroupNorm(32, 256, activation: Activation.SiLU);
+        using var relu = new GroupNorm(2, 6, eps: 1e-3, affine: false, activation: Activation.ReLU);
+        Assert.Multiple(() =>
+        {
+            Assert.That(none.ToString(), Is.EqualTo("GroupNorm(32, 256, eps=1e-05, affine=True)"));
+            Assert.That(silu.ToString(), Is.EqualTo("GroupNorm(32, 256, eps=1e-05, affine=True, activation=SiLU)"));
+            Assert.That(relu.ToString(), Is.EqualTo("GroupNorm(2, 6, eps=0.001, affine=False, activation=ReLU)"));
+            Assert.That(silu.activation, Is.EqualTo(Activation.SiLU));
+        });
+    }
+
+    /// <summary>
+    /// The activation is configuration, not state: a module with one saves and loads the same two keys as
+    /// PyTorch's GroupNorm, so its checkpoint moves to TorchSharp's module (followed by a separate silu) and back.
+    /// </summary>
+    [Test]
+    public void ModuleWithActivationRoundTripsItsStateDict()
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(65);
+        using var ours = new GroupNorm(4, 8, activation: Activation.SiLU);
+        using (torch.no_grad())
+        {
+            ours.weight!.uniform_(0.5, 1.5);
+            ours.bias!.normal_();
+        }
+        Assert.That(ours.state_dict().Keys, Is.EquivalentTo(s_parameterNames));
+
+        using var theirs = torch.nn.GroupNorm(4, 8);
+        var (missing, unexpected) = theirs.load_state_dict(ours.state_dict());
+        Assert.That(missing.Concat(unexpected), Is.Empty, "ours → TorchSharp's");
+
+        using var back = new GroupNorm(4, 8, activation: Activation.SiLU);
+        (missing, unexpected) = back.load_state_dict(theirs.state_dict());
+        Assert.That(missing.Concat(unexpected), Is.Empty, "TorchSharp's → ours");
+
+        var x = torch.randn(2, 8, 5, 5);
+        var expected = torch.nn.functional.silu(theirs.forward(x));
+        Assert.Multiple(() =>
+        {
+            Assert.That(TestTensors.Identical(back.weight!, ours.weight!) && TestTensors.Identical(back.bias!, ours.bias!), Is.True, "parameters changed on the way");
+            Assert.That(TestTensors.RelativeError(back.forward(x), expected), Is.LessThanOrEqualTo(ParityCheck.Float32Tolerance));
+        });
+    }
+
+    [Test]
     public void EpsSetterValidatesAndTakesEffect()
     {
         using var scope = torch.NewDisposeScope();

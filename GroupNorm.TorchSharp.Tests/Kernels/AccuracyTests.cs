@@ -4,7 +4,7 @@ using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace GroupNormalization.Tests;
+namespace GroupNormalization.Tests.Kernels;
 
 /// <summary>
 /// Float32 accuracy against a float64 answer for the same values, ours beside libtorch's float32 kernel.

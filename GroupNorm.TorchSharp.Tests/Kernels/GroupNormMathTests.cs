@@ -1,7 +1,7 @@
 using GroupNormalization.Kernels;
 using NUnit.Framework;
 
-namespace GroupNormalization.Tests;
+namespace GroupNormalization.Tests.Kernels;
 
 /// <summary>The statistics helpers the fused kernels build on, checked on values with known answers.</summary>
 [TestFixture]

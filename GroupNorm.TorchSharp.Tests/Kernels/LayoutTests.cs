@@ -4,7 +4,7 @@ using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace GroupNormalization.Tests;
+namespace GroupNormalization.Tests.Kernels;
 
 /// <summary>
 /// Outputs and gradients keep the input's memory format, dtype and device, on both kernel families,

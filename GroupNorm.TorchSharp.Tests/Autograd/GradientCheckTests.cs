@@ -8,12 +8,14 @@ using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace GroupNormalization.Tests;
+namespace GroupNormalization.Tests.Autograd;
 
 /// <summary>
 /// Our analytic derivatives against central finite differences in float64: the full Jacobian of y with
 /// respect to x, weight and bias, and for double backward the derivative of (dx·v).sum() with respect to
-/// x and weight, which is also checked against libtorch's own double backward.
+/// x, weight and bias (which SiLU makes matter), which is also checked against libtorch's own
+/// double backward. Each with no activation, SiLU and ReLU; libtorch's side applies its own activation
+/// after its group_norm.
 /// </summary>
 [TestFixture]
 public sealed class GradientCheckTests
@@ -39,13 +41,17 @@ public sealed class GradientCheckTests
             (new long[] { 3, 4 }, 2),
             (new long[] { 2, 4, 3, 2 }, 4),
         };
-        foreach (var path in new[] { KernelPath.Default, KernelPath.Generic })
-            foreach (var (shape, groups) in cases)
-                yield return new TestCaseData(shape, groups, path).SetArgDisplayNames($"{path}_{string.Join("x", shape)}_g{groups}");
+        // ReLU's kink: a finite difference across z = 0 would be wrong, but with these seeds no z lies
+        // within a step of 0 (a failure here that names ReLU alone would point to that first).
+        foreach (var activation in new[] { Activation.None, Activation.SiLU, Activation.ReLU })
+            foreach (var path in new[] { KernelPath.Default, KernelPath.Generic })
+                foreach (var (shape, groups) in cases)
+                    yield return new TestCaseData(shape, groups, path, activation)
+                        .SetArgDisplayNames($"{(activation == Activation.None ? "" : activation + "_")}{path}_{string.Join("x", shape)}_g{groups}");
     }
 
     [TestCaseSource(nameof(Cases))]
-    public void JacobianMatchesFiniteDifferences(long[] shape, long groups, KernelPath path)
+    public void JacobianMatchesFiniteDifferences(long[] shape, long groups, KernelPath path, Activation activation)
     {
         using var scope = torch.NewDisposeScope();
         torch.manual_seed(21);
@@ -59,7 +65,7 @@ public sealed class GradientCheckTests
             var xl = x.detach().requires_grad_();
             var wl = w.detach().requires_grad_();
             var bl = b.detach().requires_grad_();
-            var y = Functional.group_norm(xl, groups, wl, bl, Eps);
+            var y = Functional.group_norm(xl, groups, wl, bl, Eps, activation);
             var basis = torch.eye(ny, dtype: ScalarType.Float64);
             for (long j = 0; j < ny; j++)
             {
@@ -77,8 +83,8 @@ public sealed class GradientCheckTests
             var unit = torch.eye(flat.numel(), dtype: ScalarType.Float64);
             for (long i = 0; i < flat.numel(); i++)
             {
-                var plus = Evaluate(flat + Step * unit[i], shape, groups);
-                var minus = Evaluate(flat - Step * unit[i], shape, groups);
+                var plus = Evaluate(flat + Step * unit[i], shape, groups, activation);
+                var minus = Evaluate(flat - Step * unit[i], shape, groups, activation);
                 numeric[.., i] = ((plus - minus) / (2 * Step)).flatten();
             }
         }
@@ -90,10 +96,11 @@ public sealed class GradientCheckTests
 
     /// <summary>
     /// s = (dx·v).sum() with dx = ∂(y·u).sum()/∂x taken with create_graph; ∂s/∂x and ∂s/∂weight must match
-    /// central differences of s and libtorch's double backward of the same expression.
+    /// central differences of s and libtorch's double backward of the same expression; so must ∂s/∂bias,
+    /// which is 0 except through SiLU′(z).
     /// </summary>
     [TestCaseSource(nameof(Cases))]
-    public void DoubleBackwardMatchesFiniteDifferencesAndNative(long[] shape, long groups, KernelPath path)
+    public void DoubleBackwardMatchesFiniteDifferencesAndNative(long[] shape, long groups, KernelPath path, Activation activation)
     {
         using var scope = torch.NewDisposeScope();
         torch.manual_seed(22);
@@ -103,16 +110,16 @@ public sealed class GradientCheckTests
 
         Tensor[] ours;
         using (Force(path))
-            ours = SecondOrder((xi, wi, bi) => Functional.group_norm(xi, groups, wi, bi, Eps), x, w, b, u, v);
-        var native = SecondOrder((xi, wi, bi) => torch.nn.functional.group_norm(xi, groups, wi, bi, Eps), x, w, b, u, v);
+            ours = SecondOrder((xi, wi, bi) => Functional.group_norm(xi, groups, wi, bi, Eps, activation), x, w, b, u, v);
+        var native = SecondOrder((xi, wi, bi) => Oracle.Activate(torch.nn.functional.group_norm(xi, groups, wi, bi, Eps), activation), x, w, b, u, v);
 
         // s as a plain number, for differencing: first-order gradient only, no graph kept.
-        double S(Tensor xi, Tensor wi)
+        double S(Tensor xi, Tensor wi, Tensor bi)
         {
             using var inner = torch.NewDisposeScope();
             using var forced = Force(path);
             var xl = xi.detach().requires_grad_();
-            var y = Functional.group_norm(xl, groups, wi, b, Eps);
+            var y = Functional.group_norm(xl, groups, wi, bi, Eps, activation);
             var dx = torch.autograd.grad(new[] { (y * u).sum() }, new[] { xl })[0];
             return (dx * v).sum().item<double>();
         }
@@ -122,14 +129,20 @@ public sealed class GradientCheckTests
         for (long i = 0; i < x.numel(); i++)
         {
             var e = Step * unitX[i].reshape(shape);
-            numericX[i] = (S(x + e, w) - S(x - e, w)) / (2 * Step);
+            numericX[i] = (S(x + e, w, b) - S(x - e, w, b)) / (2 * Step);
         }
         var numericW = torch.zeros(w.numel(), ScalarType.Float64);
         var unitW = torch.eye(w.numel(), dtype: ScalarType.Float64);
         for (long i = 0; i < w.numel(); i++)
         {
             var e = Step * unitW[i];
-            numericW[i] = (S(x, w + e) - S(x, w - e)) / (2 * Step);
+            numericW[i] = (S(x, w + e, b) - S(x, w - e, b)) / (2 * Step);
+        }
+        var numericB = torch.zeros(b.numel(), ScalarType.Float64);
+        for (long i = 0; i < b.numel(); i++)
+        {
+            var e = Step * unitW[i];
+            numericB[i] = (S(x, w, b + e) - S(x, w, b - e)) / (2 * Step);
         }
 
         double fdX = ScaledError(ours[0].flatten(), numericX), fdW = ScaledError(ours[1], numericW);
@@ -138,6 +151,10 @@ public sealed class GradientCheckTests
             $"d²: vs finite differences x={fdX:E2} w={fdW:E2}; vs libtorch x={nativeX:E2} w={nativeW:E2}"));
         Assert.Multiple(() =>
         {
+            double fdB = ScaledError(ours[2], numericB), nativeB = TestTensors.RelativeError(ours[2], native[2]);
+            TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"d² bias: vs finite differences {fdB:E2}; vs libtorch {nativeB:E2}"));
+            Assert.That(fdB, Is.LessThanOrEqualTo(SecondOrderTolerance), "∂s/∂bias vs finite differences");
+            Assert.That(nativeB, Is.LessThanOrEqualTo(ParityCheck.Float64Tolerance), "∂s/∂bias vs libtorch");
             Assert.That(fdX, Is.LessThanOrEqualTo(SecondOrderTolerance), "∂s/∂x vs finite differences");
             Assert.That(fdW, Is.LessThanOrEqualTo(SecondOrderTolerance), "∂s/∂weight vs finite differences");
             // Two float64 evaluations of the same formula: ~1e-15 apart, as in the parity suite.
@@ -151,7 +168,7 @@ public sealed class GradientCheckTests
     /// own (given an explicit all-ones weight where it would have none, see <see cref="Oracle.Native"/>).
     /// </summary>
     [Test]
-    public void DoubleBackwardWithoutBiasMatchesNative([Values] KernelPath path, [Values] bool withWeight)
+    public void DoubleBackwardWithoutBiasMatchesNative([Values] KernelPath path, [Values] bool withWeight, [Values] Activation activation)
     {
         using var scope = torch.NewDisposeScope();
         torch.manual_seed(23);
@@ -164,9 +181,9 @@ public sealed class GradientCheckTests
         Tensor Ours()
         {
             using var forced = Force(path);
-            return SecondOrderX(xi => Functional.group_norm(xi, 3, w, null, Eps), x, u, v);
+            return SecondOrderX(xi => Functional.group_norm(xi, 3, w, null, Eps, activation), x, u, v);
         }
-        var native = SecondOrderX(xi => torch.nn.functional.group_norm(xi, 3, w ?? torch.ones(6, ScalarType.Float64), null, Eps), x, u, v);
+        var native = SecondOrderX(xi => Oracle.Activate(torch.nn.functional.group_norm(xi, 3, w ?? torch.ones(6, ScalarType.Float64), null, Eps), activation), x, u, v);
 
         double error = TestTensors.RelativeError(Ours(), native);
         TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"d²/dx² vs libtorch: {error:E2}"));
@@ -180,21 +197,27 @@ public sealed class GradientCheckTests
         return torch.autograd.grad(new[] { (dx * v).sum() }, new[] { xl })[0];
     }
 
+    /// <summary>∂s/∂x, ∂s/∂weight and ∂s/∂bias.</summary>
     private static Tensor[] SecondOrder(Func<Tensor, Tensor, Tensor, Tensor> groupNorm, Tensor x, Tensor w, Tensor b, Tensor u, Tensor v)
     {
         var xl = x.detach().requires_grad_();
         var wl = w.detach().requires_grad_();
-        var y = groupNorm(xl, wl, b);
+        var bl = b.detach().requires_grad_();
+        var y = groupNorm(xl, wl, bl);
         // TorchSharp does not imply retain_graph from create_graph, as PyTorch does.
         var dx = torch.autograd.grad(new[] { (y * u).sum() }, new[] { xl }, create_graph: true, retain_graph: true)[0];
         var s = (dx * v).sum();
-        return torch.autograd.grad(new[] { s }, new[] { xl, wl }).ToArray();
+        // Bias reaches dx only through SiLU′(z): without an activation, or with ReLU (whose derivative is
+        // piecewise constant), it is outside dx's graph and its derivative is 0. allow_unused, because
+        // TorchSharp terminates the process when autograd.grad is asked for a tensor outside the graph.
+        var grads = torch.autograd.grad(new[] { s }, new[] { xl, wl, bl }, allow_unused: true);
+        return grads.Select((g, i) => g is null || g.IsInvalid ? torch.zeros_like(i == 0 ? xl : i == 1 ? wl : bl) : g).ToArray();
     }
 
-    private static Tensor Evaluate(Tensor flat, long[] shape, long groups)
+    private static Tensor Evaluate(Tensor flat, long[] shape, long groups, Activation activation)
     {
         long nx = shape.Aggregate(1L, (a, d) => a * d), c = shape[1];
-        return Functional.group_norm(flat[..(int)nx].reshape(shape), groups, flat[(int)nx..(int)(nx + c)], flat[(int)(nx + c)..], Eps);
+        return Functional.group_norm(flat[..(int)nx].reshape(shape), groups, flat[(int)nx..(int)(nx + c)], flat[(int)(nx + c)..], Eps, activation);
     }
 
     /// <summary>Weight and bias away from 1 and 0, so that their terms in the derivatives are exercised.</summary>
