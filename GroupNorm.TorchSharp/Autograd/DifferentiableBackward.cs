@@ -23,9 +23,9 @@ internal static class DifferentiableBackward
         Tensor dy, Tensor x, Epilogue epilogue, Statistics saved, GroupNormShape s, double eps, GradientRequest need)
     {
         using var scope = torch.NewDisposeScope();
-        var (weight, bias, activation) = epilogue;
+        var (weight, bias, activation, _) = epilogue;
         var opmath = DeviceGenericKernel.OpMathType(x.dtype);
-        var parameterType = epilogue.ParameterType(x.dtype);
+        var parameterType = epilogue.ParameterType;
         var groupDims = new long[] { 2, 3 };
 
         // The fused path's array holds μ in its first Rows entries (then r).

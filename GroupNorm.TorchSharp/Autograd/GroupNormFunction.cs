@@ -55,6 +55,9 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
 
         /// <summary>Set by forward: the fused path's statistics (the generic path's are saved tensors).</summary>
         public double[]? HostStatistics { get; set; }
+
+        /// <summary>Set by forward: the dtype of γ's and β's gradients (β itself is not saved without an activation).</summary>
+        public ScalarType ParameterType { get; set; }
     }
 
     // TorchSharp wraps forward's outputs in new handles and saves tensors after forward returns, so the
@@ -78,7 +81,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         if (!need.Any || !torch.is_grad_enabled())
         {
             // Inference: no graph, so skip the node and its bookkeeping entirely.
-            return KernelSelector.Infer(kernel, input, new Epilogue(weight, bias, activation), shape, eps);
+            return KernelSelector.Infer(kernel, input, Epilogue.Of(input, weight, bias, activation), shape, eps);
         }
 
         var release = t_releaseAfterApply ??= new List<Tensor>(4);
@@ -104,7 +107,9 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         var bias = vars[2] as Tensor;
         var settings = (Settings)vars[3];
 
-        var (y, statistics) = KernelSelector.Forward(settings.Kernel, x, new Epilogue(weight, bias, settings.Activation), settings.Shape, settings.Eps);
+        var epilogue = Epilogue.Of(x, weight, bias, settings.Activation);
+        settings.ParameterType = epilogue.ParameterType;
+        var (y, statistics) = KernelSelector.Forward(settings.Kernel, x, epilogue, settings.Shape, settings.Eps);
         settings.HostStatistics = statistics.Host;
         // x, γ; β only when an activation makes backward rebuild the pre-activation; the generic path's μ and r last.
         var saved = new List<Tensor>(5) { x, weight! };
@@ -167,7 +172,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
             var statistics = settings.HostStatistics is { } host
                 ? new Statistics(host, null, null)
                 : new Statistics(null, saved[next], saved[next + 1]);
-            var epilogue = new Epilogue(weight, bias, settings.Activation);
+            var epilogue = new Epilogue(weight, bias, settings.Activation, settings.ParameterType);
 
             (dx, dweight, dbias) = torch.is_grad_enabled()
                 ? DifferentiableBackward.Compute(gradOutput, x, epilogue, statistics, settings.Shape, settings.Eps, need)

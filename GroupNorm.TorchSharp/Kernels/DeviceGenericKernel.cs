@@ -19,7 +19,7 @@ internal static class DeviceGenericKernel
 
     public static (Tensor Y, Tensor Mean, Tensor Rstd) Forward(Tensor x, Epilogue epilogue, GroupNormShape s, double eps)
     {
-        var (weight, bias, activation) = epilogue;
+        var (weight, bias, activation, _) = epilogue;
         using var scope = torch.NewDisposeScope();
         var opmath = OpMathType(x.dtype);
 
@@ -48,9 +48,9 @@ internal static class DeviceGenericKernel
         Tensor dy, Tensor x, Tensor mean, Tensor rstd, Epilogue epilogue, GroupNormShape s, GradientRequest need)
     {
         using var scope = torch.NewDisposeScope();
-        var (weight, bias, activation) = epilogue;
+        var (weight, bias, activation, _) = epilogue;
         var opmath = OpMathType(x.dtype);
-        var parameterType = epilogue.ParameterType(x.dtype);
+        var parameterType = epilogue.ParameterType;
 
         var xs = x.reshape(s.N, s.G, s.D, s.S);
         var dys = dy.reshape(s.N, s.G, s.D, s.S);

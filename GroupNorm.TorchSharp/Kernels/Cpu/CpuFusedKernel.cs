@@ -98,7 +98,7 @@ internal static unsafe class CpuFusedKernel
         var xd = xCopy ?? x;
         var dyd = dyCopy ?? dy;
         var arithmetic = ArithmeticType(x.dtype);
-        var parameterType = epilogue.ParameterType(x.dtype);
+        var parameterType = epilogue.ParameterType;
         var w = ParameterIn(epilogue.Weight, arithmetic);
         // β only shapes the gradient through the activation's pre-activation.
         var b = epilogue.Activation == Activation.None ? null : ParameterIn(epilogue.Bias, arithmetic);
