@@ -40,7 +40,8 @@ internal struct SiLU : IActivation
     public static bool IsIdentity => false;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector<T> Apply<T>(Vector<T> z) where T : unmanaged, IFloatingPointIeee754<T> => z * Sigmoid(z);
+    public static Vector<T> Apply<T>(Vector<T> z) where T : unmanaged, IFloatingPointIeee754<T> =>
+        z / (Vector<T>.One + VectorExp.Exp(-z));
 
     public static T Apply<T>(T z) where T : unmanaged, IFloatingPointIeee754<T> => z * Sigmoid(z);
 
@@ -60,11 +61,7 @@ internal struct SiLU : IActivation
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector<T> Sigmoid<T>(Vector<T> z) where T : unmanaged, IFloatingPointIeee754<T>
     {
-        // Vector.Exp has float and double overloads only; the branch is resolved at JIT time.
-        var e = typeof(T) == typeof(float)
-            ? Vector.Exp(-z.As<T, float>()).As<float, T>()
-            : Vector.Exp(-z.As<T, double>()).As<double, T>();
-        return Vector<T>.One / (Vector<T>.One + e);
+        return Vector<T>.One / (Vector<T>.One + VectorExp.Exp(-z));
     }
 
     private static T Sigmoid<T>(T z) where T : unmanaged, IFloatingPointIeee754<T> => T.One / (T.One + T.Exp(-z));
