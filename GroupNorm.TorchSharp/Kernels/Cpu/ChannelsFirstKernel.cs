@@ -207,6 +207,7 @@ internal static unsafe class ChannelsFirstKernel
         {
             long g = r % S.G, plane = S.S;
             TS* xr = O.X + r * Plan.RowLength, gr = O.Dy + r * Plan.RowLength;
+            TS* zr = O.Dx != null && GradientStash.Used<TS, T, TA>() ? O.Dx + r * Plan.RowLength : null;
             var (hi, lo) = GroupNormMath.SplitMean<T>(O.Mean[r]);
             double rs = O.Rstd[r], meanLo = double.CreateTruncating(lo);
             for (long pos = start, local = start / plane; pos < end; local++)
@@ -215,7 +216,7 @@ internal static unsafe class ChannelsFirstKernel
                 long stop = Math.Min(end, (local + 1) * plane);
                 // The pre-activation's coefficients, needed only to rebuild z for act′(z).
                 var (scale, shift) = TA.IsIdentity ? default : GroupNormMath.OutputCoefficients<T>(rs, meanLo, ChannelParameters.Gamma(O.Weight, c), ChannelParameters.Beta(O.Bias, c));
-                var (sa, sb) = ContiguousLoops.GradientSums<TE, TS, T, TA>(xr + pos, gr + pos, stop - pos, hi, lo, scale, shift);
+                var (sa, sb) = ContiguousLoops.GradientSums<TE, TS, T, TA>(xr + pos, gr + pos, zr == null ? null : zr + pos, stop - pos, hi, lo, scale, shift);
                 a[local] += sa;
                 b[local] += sb;
                 pos = stop;
@@ -244,7 +245,10 @@ internal static unsafe class ChannelsFirstKernel
                 long c = g * S.D + local;
                 long stop = Math.Min(end, (local + 1) * plane);
                 var (a, shift) = GroupNormMath.OutputCoefficients<T>(rs, meanLo, ChannelParameters.Gamma(O.Weight, c), ChannelParameters.Beta(O.Bias, c));
-                ContiguousLoops.InputGradient<TE, TS, T, TA>(xr + pos, gr + pos, dr + pos, stop - pos, hi, a, b, k, shift);
+                if (GradientStash.Used<TS, T, TA>())
+                    ContiguousLoops.InputGradient<TE, TS, T, Identity>(xr + pos, dr + pos, dr + pos, stop - pos, hi, a, b, k, shift);
+                else
+                    ContiguousLoops.InputGradient<TE, TS, T, TA>(xr + pos, gr + pos, dr + pos, stop - pos, hi, a, b, k, shift);
                 pos = stop;
             }
         }

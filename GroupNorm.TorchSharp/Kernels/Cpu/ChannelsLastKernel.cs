@@ -268,9 +268,10 @@ internal static unsafe class ChannelsLastKernel
             T* hi = (T*)scratch.Pointer, lo = hi + c, scale = lo + c, shift = scale + c;
             OutputCoefficients(S, n, O.Mean, O.Rstd, O.Weight, O.Bias, hi, lo, scale, shift);
             TS* xs = Sample(O.X, n), gs = Sample(O.Dy, n);
+            TS* zs = O.Dx != null && GradientStash.Used<TS, T, TA>() ? Sample(O.Dx, n) : null;
             long pieceRows = WorkPlan.PieceRows(c, 2, sizeof(TS));
             for (long q = p0; q < p1; q += pieceRows)
-                ColumnLoops.AccumulateGradientSums<TE, TS, T, TA>(xs + q * c, gs + q * c, Math.Min(pieceRows, p1 - q), c, hi, lo, scale, shift, a, b);
+                ColumnLoops.AccumulateGradientSums<TE, TS, T, TA>(xs + q * c, gs + q * c, zs == null ? null : zs + q * c, Math.Min(pieceRows, p1 - q), c, hi, lo, scale, shift, a, b);
         }
 
         /// <summary>dx over positions [p0, p1) of sample n, from the sample's complete sums.</summary>
@@ -299,7 +300,13 @@ internal static unsafe class ChannelsLastKernel
             TS* xs = Sample(O.X, n), gs = Sample(O.Dy, n), ds = Sample(O.Dx, n);
             long pieceRows = WorkPlan.PieceRows(c, 3, sizeof(TS));
             for (long q = p0; q < p1; q += pieceRows)
-                ColumnLoops.InputGradient<TE, TS, T, TA>(xs + q * c, gs + q * c, ds + q * c, Math.Min(pieceRows, p1 - q), c, hi, a, b, k, shift);
+            {
+                long rows = Math.Min(pieceRows, p1 - q);
+                if (GradientStash.Used<TS, T, TA>())
+                    ColumnLoops.InputGradient<TE, TS, T, Identity>(xs + q * c, ds + q * c, ds + q * c, rows, c, hi, a, b, k, shift);
+                else
+                    ColumnLoops.InputGradient<TE, TS, T, TA>(xs + q * c, gs + q * c, ds + q * c, rows, c, hi, a, b, k, shift);
+            }
         }
     }
 }

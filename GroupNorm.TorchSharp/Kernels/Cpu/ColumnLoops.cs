@@ -115,9 +115,10 @@ internal static unsafe class ColumnLoops
     /// <summary>
     /// sumA[j] += Σ_r dz; sumB[j] += Σ_r dz·(x − m[j]) per channel j, with m[j] = mHi[j] + mLo[j] and
     /// dz = dy·act′((x − mHi[j])·scale[j] + shift[j]); scale and shift are not read without an activation.
+    /// When <paramref name="dz"/> is not null, dz is also written there (see <see cref="GradientStash"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void AccumulateGradientSums<TE, TS, T, TA>(TS* x, TS* dy, long rows, long c, T* mHi, T* mLo, T* scale, T* shift, double* sumA, double* sumB)
+    public static void AccumulateGradientSums<TE, TS, T, TA>(TS* x, TS* dy, TS* dz, long rows, long c, T* mHi, T* mLo, T* scale, T* shift, double* sumA, double* sumB)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
@@ -134,6 +135,7 @@ internal static unsafe class ColumnLoops
                 var vb = TA.IsIdentity ? default : Load(shift + j);
                 TS* px = x + j;
                 TS* pg = dy + j;
+                TS* pz = dz + j;
                 long r = 0;
                 while (r < rows)
                 {
@@ -152,10 +154,15 @@ internal static unsafe class ColumnLoops
                         var g3 = TE.Load(pg + (r + 3) * c);
                         if (!TA.IsIdentity)
                         {
-                            g0 = TA.Gradient(g0, c0 * vs + vb);
-                            g1 = TA.Gradient(g1, c1 * vs + vb);
-                            g2 = TA.Gradient(g2, c2 * vs + vb);
-                            g3 = TA.Gradient(g3, c3 * vs + vb);
+                            TA.Gradient(ref g0, ref g1, c0 * vs + vb, c1 * vs + vb);
+                            TA.Gradient(ref g2, ref g3, c2 * vs + vb, c3 * vs + vb);
+                            if (dz != null)
+                            {
+                                TE.Store(pz + r * c, g0);
+                                TE.Store(pz + (r + 1) * c, g1);
+                                TE.Store(pz + (r + 2) * c, g2);
+                                TE.Store(pz + (r + 3) * c, g3);
+                            }
                         }
                         a0 += g0;
                         a1 += g1;
@@ -172,7 +179,11 @@ internal static unsafe class ColumnLoops
                         {
                             var cr = TE.Load(px + r * c) - vh;
                             var g = TE.Load(pg + r * c);
-                            if (!TA.IsIdentity) g = TA.Gradient(g, cr * vs + vb);
+                            if (!TA.IsIdentity)
+                            {
+                                g = TA.Gradient(g, cr * vs + vb);
+                                if (dz != null) TE.Store(pz + r * c, g);
+                            }
                             a0 += g;
                             b0 += g * (cr - vl);
                         }
@@ -189,7 +200,11 @@ internal static unsafe class ColumnLoops
             {
                 T cr = TE.Widen(x[r * c + j]) - mHi[j];
                 T g = TE.Widen(dy[r * c + j]);
-                if (!TA.IsIdentity) g = TA.Gradient(g, cr * scale[j] + shift[j]);
+                if (!TA.IsIdentity)
+                {
+                    g = TA.Gradient(g, cr * scale[j] + shift[j]);
+                    if (dz != null) dz[r * c + j] = TE.Narrow(g);
+                }
                 a += ToDouble(g);
                 b += ToDouble(g) * ToDouble(cr - mLo[j]);
             }
@@ -209,6 +224,18 @@ internal static unsafe class ColumnLoops
         {
             TS* xr = x + r * c, yr = y + r * c;
             long j = 0;
+            if (!TA.IsIdentity && Vector.IsHardwareAccelerated)
+            {
+                // Channels in pairs of vectors, for activations that evaluate a pair as one wider vector.
+                for (; j <= c - 2L * w; j += 2 * w)
+                {
+                    var z0 = (TE.Load(xr + j) - Load(muHi + j)) * Load(scale + j) + Load(shift + j);
+                    var z1 = (TE.Load(xr + j + w) - Load(muHi + j + w)) * Load(scale + j + w) + Load(shift + j + w);
+                    TA.Apply(ref z0, ref z1);
+                    TE.Store(yr + j, z0);
+                    TE.Store(yr + j + w, z1);
+                }
+            }
             for (; j <= c - w; j += w)
                 TE.Store(yr + j, TA.Apply((TE.Load(xr + j) - Load(muHi + j)) * Load(scale + j) + Load(shift + j)));
             for (; j < c; j++)

@@ -112,10 +112,11 @@ internal static unsafe class ContiguousLoops
     /// <summary>
     /// Σ dz and Σ dz·(x − m): the per-(n, c) sums A and B of the backward pass, with m = mh + ml split by the
     /// caller once per group. dz = dy·act′(z) with z = (x − mh)·scale + shift rebuilt exactly as forward
-    /// formed it; scale and shift are unused without an activation.
+    /// formed it; scale and shift are unused without an activation. When <paramref name="dz"/> is not null,
+    /// dz is also written there (see <see cref="GradientStash"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static (double A, double B) GradientSums<TE, TS, T, TA>(TS* x, TS* dy, long n, T mh, T ml, T scale, T shift)
+    public static (double A, double B) GradientSums<TE, TS, T, TA>(TS* x, TS* dy, TS* dz, long n, T mh, T ml, T scale, T shift)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
@@ -147,10 +148,15 @@ internal static unsafe class ContiguousLoops
                     var g3 = TE.Load(dy + i + 3 * w);
                     if (!TA.IsIdentity)
                     {
-                        g0 = TA.Gradient(g0, c0 * vs + vb);
-                        g1 = TA.Gradient(g1, c1 * vs + vb);
-                        g2 = TA.Gradient(g2, c2 * vs + vb);
-                        g3 = TA.Gradient(g3, c3 * vs + vb);
+                        TA.Gradient(ref g0, ref g1, c0 * vs + vb, c1 * vs + vb);
+                        TA.Gradient(ref g2, ref g3, c2 * vs + vb, c3 * vs + vb);
+                        if (dz != null)
+                        {
+                            TE.Store(dz + i, g0);
+                            TE.Store(dz + i + w, g1);
+                            TE.Store(dz + i + 2 * w, g2);
+                            TE.Store(dz + i + 3 * w, g3);
+                        }
                     }
                     a0 += g0;
                     a1 += g1;
@@ -169,7 +175,11 @@ internal static unsafe class ContiguousLoops
             {
                 var c = TE.Load(x + i) - vh;
                 var g = TE.Load(dy + i);
-                if (!TA.IsIdentity) g = TA.Gradient(g, c * vs + vb);
+                if (!TA.IsIdentity)
+                {
+                    g = TA.Gradient(g, c * vs + vb);
+                    if (dz != null) TE.Store(dz + i, g);
+                }
                 at += g;
                 bt += g * (c - vl);
             }
@@ -181,7 +191,13 @@ internal static unsafe class ContiguousLoops
         for (; i < n; i++)
         {
             T xi = TE.Widen(x[i]);
-            double g = ToDouble(TA.IsIdentity ? TE.Widen(dy[i]) : TA.Gradient(TE.Widen(dy[i]), (xi - mh) * scale + shift));
+            T gi = TE.Widen(dy[i]);
+            if (!TA.IsIdentity)
+            {
+                gi = TA.Gradient(gi, (xi - mh) * scale + shift);
+                if (dz != null) dz[i] = TE.Narrow(gi);
+            }
+            double g = ToDouble(gi);
             a += g;
             b += g * (ToDouble(xi) - m);
         }
@@ -210,19 +226,25 @@ internal static unsafe class ContiguousLoops
                 {
                     var n0 = TE.Load(x + i + 2 * w);
                     var n1 = TE.Load(x + i + 3 * w);
-                    TE.Store(y + i, TA.Apply((v0 - vh) * vs + vb));
-                    TE.Store(y + i + w, TA.Apply((v1 - vh) * vs + vb));
+                    StorePair(y + i, (v0 - vh) * vs + vb, (v1 - vh) * vs + vb);
                     v0 = n0;
                     v1 = n1;
                 }
-                TE.Store(y + i, TA.Apply((v0 - vh) * vs + vb));
-                TE.Store(y + i + w, TA.Apply((v1 - vh) * vs + vb));
+                StorePair(y + i, (v0 - vh) * vs + vb, (v1 - vh) * vs + vb);
                 i += 2 * w;
             }
             for (; i <= n - w; i += w)
                 TE.Store(y + i, TA.Apply((TE.Load(x + i) - vh) * vs + vb));
         }
         for (; i < n; i++) y[i] = TE.Narrow(TA.Apply((TE.Widen(x[i]) - muHi) * scale + shift));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static void StorePair(TS* p, Vector<T> z0, Vector<T> z1)
+        {
+            TA.Apply(ref z0, ref z1);
+            TE.Store(p, z0);
+            TE.Store(p + Vector<T>.Count, z1);
+        }
     }
 
     /// <summary>

@@ -49,3 +49,15 @@ internal static unsafe class ChannelParameters
 
     public static double Beta<T>(T* b, long c) where T : unmanaged, IFloatingPointIeee754<T> => b == null ? 0.0 : double.CreateTruncating(b[c]);
 }
+
+/// <summary>
+/// Whether backward keeps dz = dy·act′(z) in dx's memory between its two passes. The sums pass computes dz
+/// anyway; written to dx (which the second pass overwrites in place), it spares the second pass a second
+/// evaluation of act′, which for SiLU is an exponential and a division per element, the most expensive
+/// arithmetic in the kernel. Only where dz fits the stored type exactly (float32, float64): a half-type dx
+/// would round it, so half types evaluate act′ twice.
+/// </summary>
+internal static class GradientStash
+{
+    public static bool Used<TS, T, TA>() where TA : struct, IActivation => !TA.IsIdentity && typeof(TS) == typeof(T);
+}
