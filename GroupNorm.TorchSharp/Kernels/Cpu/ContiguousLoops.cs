@@ -242,8 +242,7 @@ internal static unsafe class ContiguousLoops
         static void StorePair(TS* p, Vector<T> z0, Vector<T> z1)
         {
             TA.Apply(ref z0, ref z1);
-            TE.Store(p, z0);
-            TE.Store(p + Vector<T>.Count, z1);
+            TE.StorePair(p, z0, z1);
         }
     }
 
@@ -278,12 +277,10 @@ internal static unsafe class ContiguousLoops
                     var nx1 = TE.Load(x + i + 3 * w);
                     var ng0 = TE.Load(dy + i + 2 * w);
                     var ng1 = TE.Load(dy + i + 3 * w);
-                    TE.Store(dx + i, InputGradientOf<T, TA>(x0, g0, vh, va, vb, vk, vs));
-                    TE.Store(dx + i + w, InputGradientOf<T, TA>(x1, g1, vh, va, vb, vk, vs));
+                    TE.StorePair(dx + i, InputGradientOf<T, TA>(x0, g0, vh, va, vb, vk, vs), InputGradientOf<T, TA>(x1, g1, vh, va, vb, vk, vs));
                     (x0, x1, g0, g1) = (nx0, nx1, ng0, ng1);
                 }
-                TE.Store(dx + i, InputGradientOf<T, TA>(x0, g0, vh, va, vb, vk, vs));
-                TE.Store(dx + i + w, InputGradientOf<T, TA>(x1, g1, vh, va, vb, vk, vs));
+                TE.StorePair(dx + i, InputGradientOf<T, TA>(x0, g0, vh, va, vb, vk, vs), InputGradientOf<T, TA>(x1, g1, vh, va, vb, vk, vs));
                 i += 2 * w;
             }
             for (; i <= n - w; i += w)

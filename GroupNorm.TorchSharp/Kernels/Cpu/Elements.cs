@@ -2,6 +2,7 @@ using System;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace GroupNormalization.Kernels.Cpu;
 
@@ -20,6 +21,9 @@ internal unsafe interface IElement<TS, T>
 
     static abstract void Store(TS* p, Vector<T> v);
 
+    /// <summary>Two consecutive vectors, for element types whose conversion is cheaper on one wider vector.</summary>
+    static abstract void StorePair(TS* p, Vector<T> v0, Vector<T> v1);
+
     static abstract T Widen(TS v);
 
     static abstract TS Narrow(T v);
@@ -36,6 +40,13 @@ internal unsafe struct Float32Element : IElement<float, float>
     public static float Widen(float v) => v;
 
     public static float Narrow(float v) => v;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void StorePair(float* p, Vector<float> v0, Vector<float> v1)
+    {
+        Store(p, v0);
+        Store(p + Vector<float>.Count, v1);
+    }
 }
 
 internal unsafe struct Float64Element : IElement<double, double>
@@ -49,6 +60,13 @@ internal unsafe struct Float64Element : IElement<double, double>
     public static double Widen(double v) => v;
 
     public static double Narrow(double v) => v;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void StorePair(double* p, Vector<double> v0, Vector<double> v1)
+    {
+        Store(p, v0);
+        Store(p + Vector<double>.Count, v1);
+    }
 }
 
 /// <summary>IEEE binary16, converted with integer arithmetic on whole vectors (.NET exposes no F16C conversion).</summary>
@@ -63,6 +81,13 @@ internal unsafe struct Float16Element : IElement<Half, float>
     public static float Widen(Half v) => (float)v;
 
     public static Half Narrow(float v) => (Half)v;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void StorePair(Half* p, Vector<float> v0, Vector<float> v1)
+    {
+        Store(p, v0);
+        Store(p + Vector<float>.Count, v1);
+    }
 }
 
 /// <summary>bfloat16, held as its raw 16 bits: the upper half of a float32.</summary>
@@ -77,6 +102,26 @@ internal unsafe struct BFloat16Element : IElement<ushort, float>
     public static float Widen(ushort v) => BitConverter.UInt32BitsToSingle((uint)v << 16);
 
     public static ushort Narrow(float v) => (ushort)HalfBits.BFloat16FromSingle(new Vector<float>(v))[0];
+
+    /// <summary>
+    /// On AVX-512, the pair is rounded as one 512-bit vector and narrowed by one vpmovdw: the rounding is
+    /// most of a bfloat16 kernel's arithmetic, and libtorch's bfloat16 kernels run 512 bits wide there.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void StorePair(ushort* p, Vector<float> v0, Vector<float> v1)
+    {
+        if (Vector<float>.Count == 8 && Avx512F.IsSupported)
+        {
+            var bits = Vector512.Create(v0.AsVector256(), v1.AsVector256()).AsUInt32();
+            var odd = Vector512.ShiftRightLogical(bits, 16) & Vector512<uint>.One;
+            var rounded = Vector512.ShiftRightLogical(bits + Vector512.Create(0x7FFFu) + odd, 16);
+            var nan = Vector512.GreaterThan(bits & Vector512.Create(0x7FFF_FFFFu), Vector512.Create(0x7F80_0000u));
+            Avx512F.ConvertToVector256UInt16(Vector512.ConditionalSelect(nan, Vector512.Create(0x7FC0u), rounded)).Store(p);
+            return;
+        }
+        Store(p, v0);
+        Store(p + Vector<float>.Count, v1);
+    }
 }
 
 /// <summary>Vector conversions between float32 and the two 16-bit float formats, as integer bit patterns.</summary>
@@ -103,6 +148,12 @@ internal static unsafe class HalfBits
     {
         if (Vector<uint>.Count == 8)
         {
+            // One vpmovdw where AVX-512 has it; the portable narrow is three instructions.
+            if (Avx512F.VL.IsSupported)
+            {
+                Avx512F.VL.ConvertToVector128UInt16(v.AsVector256()).Store(p);
+                return;
+            }
             var w = v.AsVector256();
             Vector256.Narrow(w, w).GetLower().Store(p);
         }
