@@ -20,19 +20,7 @@ internal static unsafe class ChannelsFirstKernel
         where TA : struct, IActivation
     {
         var job = new ForwardJob<TE, TS, T, TA> { O = operands, S = shape, Eps = eps, Plan = plan };
-        if (plan.Blocks == 1)
-        {
-            job.Phase = JobPhase.WholeRows;
-            plan.ForEach(plan.Rows, &ForwardJob<TE, TS, T, TA>.Body, &job);
-            return;
-        }
-        using var partial = new Scratch(plan.Items * sizeof(Moments));
-        job.Partial = (Moments*)partial.Pointer;
-        job.Phase = JobPhase.BlockReductions;
-        plan.ForEach(plan.Items, &ForwardJob<TE, TS, T, TA>.Body, &job);
-        plan.MergeMoments(job.Partial, 1, operands.Mean, operands.Rstd, eps);
-        job.Phase = JobPhase.BlockElements;
-        plan.ForEach(plan.Items, &ForwardJob<TE, TS, T, TA>.Body, &job);
+        plan.RunForward(&job, &job.P, &ForwardJob<TE, TS, T, TA>.Body, 1, operands.Mean, operands.Rstd, eps);
     }
 
     public static void Backward<TE, TS, T, TA>(BackwardOperands<TS, T> operands, GroupNormShape shape, WorkPlan plan)
@@ -40,24 +28,7 @@ internal static unsafe class ChannelsFirstKernel
         where TA : struct, IActivation
     {
         var job = new BackwardJob<TE, TS, T, TA> { O = operands, S = shape, Plan = plan };
-        if (plan.Blocks == 1)
-        {
-            job.Phase = JobPhase.WholeRows;
-            plan.ForEach(plan.Rows, &BackwardJob<TE, TS, T, TA>.Body, &job);
-            return;
-        }
-        // Each block sums the D channels of its group.
-        long partial = plan.Items * shape.D;
-        using var scratch = new Scratch(2 * partial * sizeof(double));
-        job.PartA = (double*)scratch.Pointer;
-        job.PartB = job.PartA + partial;
-        new Span<double>(job.PartA, (int)(2 * partial)).Clear();
-        job.Phase = JobPhase.BlockReductions;
-        plan.ForEach(plan.Items, &BackwardJob<TE, TS, T, TA>.Body, &job);
-        plan.MergeSums(job.PartA, job.PartB, shape.D, operands.SumA, operands.SumB);
-        if (operands.Dx == null) return;
-        job.Phase = JobPhase.BlockElements;
-        plan.ForEach(plan.Items, &BackwardJob<TE, TS, T, TA>.Body, &job);
+        plan.RunBackward(&job, &job.P, &BackwardJob<TE, TS, T, TA>.Body, shape.D, operands.SumA, operands.SumB, operands.Dx != null);
     }
 
     /// <summary>
@@ -73,11 +44,11 @@ internal static unsafe class ChannelsFirstKernel
         if (length == 0) return default;
         long first = Math.Min(ShiftSample, length);
         var (hi, lo) = GroupNormMath.SplitMean<T>(ContiguousLoops.RoughSum<TE, TS, T>(p, first) / first);
-        var (dev, sq) = ContiguousLoops.SumDeviations<TE, TS, T>(p, length, hi, lo);
+        var (dev, sq) = Reductions.Span<T, DeviationTerms<TE, TS, T>>(new(p, hi, lo), length);
         if (!GroupNormMath.ShiftWasClose(length, dev, sq))
         {
             (hi, lo) = GroupNormMath.SplitMean<T>(GroupNormMath.ShiftedMoments(length, Shift(hi, lo), dev, sq).Mean);
-            (dev, sq) = ContiguousLoops.SumDeviations<TE, TS, T>(p, length, hi, lo);
+            (dev, sq) = Reductions.Span<T, DeviationTerms<TE, TS, T>>(new(p, hi, lo), length);
         }
         return GroupNormMath.ShiftedMoments(length, Shift(hi, lo), dev, sq);
 
@@ -93,15 +64,14 @@ internal static unsafe class ChannelsFirstKernel
         public GroupNormShape S;
         public double Eps;
         public WorkPlan Plan;
-        public Moments* Partial;
-        public JobPhase Phase;
+        public JobPhases P;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public static void Body(void* job, long start, long end)
         {
             var j = (ForwardJob<TE, TS, T, TA>*)job;
             long len = j->Plan.RowLength;
-            switch (j->Phase)
+            switch (j->P.Phase)
             {
                 case JobPhase.WholeRows:
                     long batch = WorkPlan.RowBatch(len * sizeof(TS));
@@ -116,7 +86,7 @@ internal static unsafe class ChannelsFirstKernel
                     for (long item = start; item < end; item++)
                     {
                         var (b0, b1) = j->Plan.BlockRange(item % j->Plan.Blocks);
-                        j->Partial[item] = RowwiseMoments<TE, TS, T>(j->O.X + item / j->Plan.Blocks * len + b0, b1 - b0);
+                        j->P.Moments[item] = RowwiseMoments<TE, TS, T>(j->O.X + item / j->Plan.Blocks * len + b0, b1 - b0);
                     }
                     break;
                 default:
@@ -162,15 +132,14 @@ internal static unsafe class ChannelsFirstKernel
         public BackwardOperands<TS, T> O;
         public GroupNormShape S;
         public WorkPlan Plan;
-        public double* PartA, PartB;
-        public JobPhase Phase;
+        public JobPhases P;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public static void Body(void* job, long start, long end)
         {
             var j = (BackwardJob<TE, TS, T, TA>*)job;
             long len = j->Plan.RowLength, d = j->S.D;
-            switch (j->Phase)
+            switch (j->P.Phase)
             {
                 case JobPhase.WholeRows:
                     long batch = WorkPlan.RowBatch(2 * len * sizeof(TS));
@@ -188,7 +157,7 @@ internal static unsafe class ChannelsFirstKernel
                     for (long item = start; item < end; item++)
                     {
                         var (b0, b1) = j->Plan.BlockRange(item % j->Plan.Blocks);
-                        j->ChannelGradientSums(item / j->Plan.Blocks, b0, b1, j->PartA + item * d, j->PartB + item * d);
+                        j->ChannelGradientSums(item / j->Plan.Blocks, b0, b1, j->P.PartA + item * d, j->P.PartB + item * d);
                     }
                     break;
                 default:
@@ -216,7 +185,8 @@ internal static unsafe class ChannelsFirstKernel
                 long stop = Math.Min(end, (local + 1) * plane);
                 // The pre-activation's coefficients, needed only to rebuild z for act′(z).
                 var (scale, shift) = TA.IsIdentity ? default : GroupNormMath.OutputCoefficients<T>(rs, meanLo, ChannelParameters.Gamma(O.Weight, c), ChannelParameters.Beta(O.Bias, c));
-                var (sa, sb) = ContiguousLoops.GradientSums<TE, TS, T, TA>(xr + pos, gr + pos, zr == null ? null : zr + pos, stop - pos, hi, lo, scale, shift);
+                var terms = new GradientTerms<TE, TS, T, TA>(xr + pos, gr + pos, zr == null ? null : zr + pos, hi, lo, scale, shift);
+                var (sa, sb) = Reductions.Span<T, GradientTerms<TE, TS, T, TA>>(terms, stop - pos);
                 a[local] += sa;
                 b[local] += sb;
                 pos = stop;

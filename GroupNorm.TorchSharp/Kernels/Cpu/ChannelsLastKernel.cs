@@ -18,20 +18,7 @@ internal static unsafe class ChannelsLastKernel
         where TA : struct, IActivation
     {
         var job = new ForwardJob<TE, TS, T, TA> { O = operands, S = shape, Eps = eps, Plan = plan };
-        if (plan.Blocks == 1)
-        {
-            job.Phase = JobPhase.WholeRows;
-            plan.ForEach(plan.Rows, &ForwardJob<TE, TS, T, TA>.Body, &job);
-            return;
-        }
-        // One Moments per block and group.
-        using var partial = new Scratch(plan.Items * shape.G * sizeof(Moments));
-        job.Partial = (Moments*)partial.Pointer;
-        job.Phase = JobPhase.BlockReductions;
-        plan.ForEach(plan.Items, &ForwardJob<TE, TS, T, TA>.Body, &job);
-        plan.MergeMoments(job.Partial, shape.G, operands.Mean, operands.Rstd, eps);
-        job.Phase = JobPhase.BlockElements;
-        plan.ForEach(plan.Items, &ForwardJob<TE, TS, T, TA>.Body, &job);
+        plan.RunForward(&job, &job.P, &ForwardJob<TE, TS, T, TA>.Body, shape.G, operands.Mean, operands.Rstd, eps);
     }
 
     public static void Backward<TE, TS, T, TA>(BackwardOperands<TS, T> operands, GroupNormShape shape, WorkPlan plan)
@@ -39,24 +26,7 @@ internal static unsafe class ChannelsLastKernel
         where TA : struct, IActivation
     {
         var job = new BackwardJob<TE, TS, T, TA> { O = operands, S = shape, Plan = plan };
-        if (plan.Blocks == 1)
-        {
-            job.Phase = JobPhase.WholeRows;
-            plan.ForEach(plan.Rows, &BackwardJob<TE, TS, T, TA>.Body, &job);
-            return;
-        }
-        // Each block sums all C channels of its sample.
-        long partial = plan.Items * shape.C;
-        using var scratch = new Scratch(2 * partial * sizeof(double));
-        job.PartA = (double*)scratch.Pointer;
-        job.PartB = job.PartA + partial;
-        new Span<double>(job.PartA, (int)(2 * partial)).Clear();
-        job.Phase = JobPhase.BlockReductions;
-        plan.ForEach(plan.Items, &BackwardJob<TE, TS, T, TA>.Body, &job);
-        plan.MergeSums(job.PartA, job.PartB, shape.C, operands.SumA, operands.SumB);
-        if (operands.Dx == null) return;
-        job.Phase = JobPhase.BlockElements;
-        plan.ForEach(plan.Items, &BackwardJob<TE, TS, T, TA>.Body, &job);
+        plan.RunBackward(&job, &job.P, &BackwardJob<TE, TS, T, TA>.Body, shape.C, operands.SumA, operands.SumB, operands.Dx != null);
     }
 
     /// <summary>
@@ -127,7 +97,7 @@ internal static unsafe class ChannelsLastKernel
         {
             new Span<double>(dev, (int)(2 * c)).Clear();
             for (long q = p0; q < p1; q += pieceRows)
-                ColumnLoops.AccumulateDeviations<TE, TS, T>(xs + q * c, Math.Min(pieceRows, p1 - q), c, shiftHi, shiftLo, dev, sq);
+                Reductions.Columns<T, DeviationTerms<TE, TS, T>>(new(xs + q * c, shiftHi, shiftLo), Math.Min(pieceRows, p1 - q), c, dev, sq);
         }
 
         // The shift of every channel of group g, as the loops will subtract it.
@@ -160,8 +130,7 @@ internal static unsafe class ChannelsLastKernel
         public GroupNormShape S;
         public double Eps;
         public WorkPlan Plan;
-        public Moments* Partial;
-        public JobPhase Phase;
+        public JobPhases P;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public static void Body(void* job, long start, long end)
@@ -170,16 +139,16 @@ internal static unsafe class ChannelsLastKernel
             long g = j->S.G;
             for (long item = start; item < end; item++)
             {
-                if (j->Phase == JobPhase.WholeRows)
+                if (j->P.Phase == JobPhase.WholeRows)
                 {
                     j->WholeSample(item);
                     continue;
                 }
                 long n = item / j->Plan.Blocks;
                 var (p0, p1) = j->Plan.BlockRange(item % j->Plan.Blocks);
-                if (j->Phase == JobPhase.BlockReductions)
+                if (j->P.Phase == JobPhase.BlockReductions)
                 {
-                    var slice = new Span<Moments>(j->Partial + item * g, (int)g);
+                    var slice = new Span<Moments>(j->P.Moments + item * g, (int)g);
                     slice.Clear();
                     ColumnwiseMoments<TE, TS, T>(j->Sample(j->O.X, n), j->S, p0, p1, slice);
                 }
@@ -230,8 +199,7 @@ internal static unsafe class ChannelsLastKernel
         public BackwardOperands<TS, T> O;
         public GroupNormShape S;
         public WorkPlan Plan;
-        public double* PartA, PartB;
-        public JobPhase Phase;
+        public JobPhases P;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public static void Body(void* job, long start, long end)
@@ -240,7 +208,7 @@ internal static unsafe class ChannelsLastKernel
             long c = j->S.C;
             for (long item = start; item < end; item++)
             {
-                if (j->Phase == JobPhase.WholeRows)
+                if (j->P.Phase == JobPhase.WholeRows)
                 {
                     new Span<double>(j->O.SumA + item * c, (int)c).Clear();
                     new Span<double>(j->O.SumB + item * c, (int)c).Clear();
@@ -250,8 +218,8 @@ internal static unsafe class ChannelsLastKernel
                 }
                 long n = item / j->Plan.Blocks;
                 var (p0, p1) = j->Plan.BlockRange(item % j->Plan.Blocks);
-                if (j->Phase == JobPhase.BlockReductions)
-                    j->ChannelGradientSums(n, p0, p1, j->PartA + item * c, j->PartB + item * c);
+                if (j->P.Phase == JobPhase.BlockReductions)
+                    j->ChannelGradientSums(n, p0, p1, j->P.PartA + item * c, j->P.PartB + item * c);
                 else
                     j->InputGradient(n, p0, p1);
             }
@@ -271,7 +239,10 @@ internal static unsafe class ChannelsLastKernel
             TS* zs = O.Dx != null && GradientStash.Used<TS, T, TA>() ? Sample(O.Dx, n) : null;
             long pieceRows = WorkPlan.PieceRows(c, 2, sizeof(TS));
             for (long q = p0; q < p1; q += pieceRows)
-                ColumnLoops.AccumulateGradientSums<TE, TS, T, TA>(xs + q * c, gs + q * c, zs == null ? null : zs + q * c, Math.Min(pieceRows, p1 - q), c, hi, lo, scale, shift, a, b);
+            {
+                var terms = new GradientTerms<TE, TS, T, TA>(xs + q * c, gs + q * c, zs == null ? null : zs + q * c, hi, lo, scale, shift);
+                Reductions.Columns<T, GradientTerms<TE, TS, T, TA>>(terms, Math.Min(pieceRows, p1 - q), c, a, b);
+            }
         }
 
         /// <summary>dx over positions [p0, p1) of sample n, from the sample's complete sums.</summary>

@@ -1,4 +1,3 @@
-using System;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using static GroupNormalization.Kernels.Cpu.VectorMath;
@@ -8,9 +7,8 @@ namespace GroupNormalization.Kernels.Cpu;
 /// <summary>
 /// The innermost loops over a piece of a channels-last tensor: <c>rows</c> spatial positions, each holding C
 /// contiguous channels, with per-channel coefficient arrays of C entries. Type parameters as in
-/// <see cref="ContiguousLoops"/>. The reductions walk one vector of channels down all rows of an L1-sized
-/// piece, so that their accumulators stay in registers; the element-wise loops go row by row, so that x
-/// and y stream sequentially while the coefficient rows stay in L1.
+/// <see cref="ContiguousLoops"/>; the two-term reductions are in <see cref="Reductions"/>. The element-wise
+/// loops go row by row, so that x and y stream sequentially while the coefficient rows stay in L1.
 /// </summary>
 internal static unsafe class ColumnLoops
 {
@@ -47,172 +45,6 @@ internal static unsafe class ColumnLoops
         }
     }
 
-    /// <summary>dev[j] += Σ_r (x − m[j]); sq[j] += Σ_r (x − m[j])² per channel j, with m[j] = mHi[j] + mLo[j].</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void AccumulateDeviations<TE, TS, T>(TS* x, long rows, long c, T* mHi, T* mLo, double* dev, double* sq)
-        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-    {
-        long j = 0;
-        if (Vector.IsHardwareAccelerated)
-        {
-            int w = Vector<T>.Count;
-            long whole = rows & ~3L;
-            for (; j <= c - w; j += w)
-            {
-                var vh = Load(mHi + j);
-                var vl = Load(mLo + j);
-                TS* p = x + j;
-                long r = 0;
-                while (r < rows)
-                {
-                    long r4 = Math.Min(whole, r + 4L * FoldTerms);
-                    Vector<T> s0 = default, s1 = default, s2 = default, s3 = default;
-                    Vector<T> q0 = default, q1 = default, q2 = default, q3 = default;
-                    for (; r < r4; r += 4)
-                    {
-                        var d0 = (TE.Load(p + r * c) - vh) - vl;
-                        var d1 = (TE.Load(p + (r + 1) * c) - vh) - vl;
-                        var d2 = (TE.Load(p + (r + 2) * c) - vh) - vl;
-                        var d3 = (TE.Load(p + (r + 3) * c) - vh) - vl;
-                        s0 += d0;
-                        s1 += d1;
-                        s2 += d2;
-                        s3 += d3;
-                        q0 += d0 * d0;
-                        q1 += d1 * d1;
-                        q2 += d2 * d2;
-                        q3 += d3 * d3;
-                    }
-                    if (r4 == whole)
-                    {
-                        // The last zero to three rows.
-                        for (; r < rows; r++)
-                        {
-                            var d = (TE.Load(p + r * c) - vh) - vl;
-                            s0 += d;
-                            q0 += d * d;
-                        }
-                    }
-                    AddToDoubles(dev + j, (s0 + s1) + (s2 + s3));
-                    AddToDoubles(sq + j, (q0 + q1) + (q2 + q3));
-                }
-            }
-        }
-        for (; j < c; j++)
-        {
-            double sd = 0, sqd = 0;
-            for (long r = 0; r < rows; r++)
-            {
-                double d = ToDouble((TE.Widen(x[r * c + j]) - mHi[j]) - mLo[j]);
-                sd += d;
-                sqd += d * d;
-            }
-            dev[j] += sd;
-            sq[j] += sqd;
-        }
-    }
-
-    /// <summary>
-    /// sumA[j] += Σ_r dz; sumB[j] += Σ_r dz·(x − m[j]) per channel j, with m[j] = mHi[j] + mLo[j] and
-    /// dz = dy·act′((x − mHi[j])·scale[j] + shift[j]); scale and shift are not read without an activation.
-    /// When <paramref name="dz"/> is not null, dz is also written there (see <see cref="GradientStash"/>).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void AccumulateGradientSums<TE, TS, T, TA>(TS* x, TS* dy, TS* dz, long rows, long c, T* mHi, T* mLo, T* scale, T* shift, double* sumA, double* sumB)
-        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
-    {
-        long j = 0;
-        if (Vector.IsHardwareAccelerated)
-        {
-            int w = Vector<T>.Count;
-            long whole = rows & ~3L;
-            for (; j <= c - w; j += w)
-            {
-                var vh = Load(mHi + j);
-                var vl = Load(mLo + j);
-                var vs = TA.IsIdentity ? default : Load(scale + j);
-                var vb = TA.IsIdentity ? default : Load(shift + j);
-                TS* px = x + j;
-                TS* pg = dy + j;
-                TS* pz = dz + j;
-                long r = 0;
-                while (r < rows)
-                {
-                    long r4 = Math.Min(whole, r + 4L * FoldTerms);
-                    Vector<T> a0 = default, a1 = default, a2 = default, a3 = default;
-                    Vector<T> b0 = default, b1 = default, b2 = default, b3 = default;
-                    for (; r < r4; r += 4)
-                    {
-                        var c0 = TE.Load(px + r * c) - vh;
-                        var c1 = TE.Load(px + (r + 1) * c) - vh;
-                        var c2 = TE.Load(px + (r + 2) * c) - vh;
-                        var c3 = TE.Load(px + (r + 3) * c) - vh;
-                        var g0 = TE.Load(pg + r * c);
-                        var g1 = TE.Load(pg + (r + 1) * c);
-                        var g2 = TE.Load(pg + (r + 2) * c);
-                        var g3 = TE.Load(pg + (r + 3) * c);
-                        if (!TA.IsIdentity)
-                        {
-                            TA.Gradient(ref g0, ref g1, c0 * vs + vb, c1 * vs + vb);
-                            TA.Gradient(ref g2, ref g3, c2 * vs + vb, c3 * vs + vb);
-                            if (dz != null)
-                            {
-                                TE.Store(pz + r * c, g0);
-                                TE.Store(pz + (r + 1) * c, g1);
-                                TE.Store(pz + (r + 2) * c, g2);
-                                TE.Store(pz + (r + 3) * c, g3);
-                            }
-                        }
-                        a0 += g0;
-                        a1 += g1;
-                        a2 += g2;
-                        a3 += g3;
-                        b0 += g0 * (c0 - vl);
-                        b1 += g1 * (c1 - vl);
-                        b2 += g2 * (c2 - vl);
-                        b3 += g3 * (c3 - vl);
-                    }
-                    if (r4 == whole)
-                    {
-                        for (; r < rows; r++)
-                        {
-                            var cr = TE.Load(px + r * c) - vh;
-                            var g = TE.Load(pg + r * c);
-                            if (!TA.IsIdentity)
-                            {
-                                g = TA.Gradient(g, cr * vs + vb);
-                                if (dz != null) TE.Store(pz + r * c, g);
-                            }
-                            a0 += g;
-                            b0 += g * (cr - vl);
-                        }
-                    }
-                    AddToDoubles(sumA + j, (a0 + a1) + (a2 + a3));
-                    AddToDoubles(sumB + j, (b0 + b1) + (b2 + b3));
-                }
-            }
-        }
-        for (; j < c; j++)
-        {
-            double a = 0, b = 0;
-            for (long r = 0; r < rows; r++)
-            {
-                T cr = TE.Widen(x[r * c + j]) - mHi[j];
-                T g = TE.Widen(dy[r * c + j]);
-                if (!TA.IsIdentity)
-                {
-                    g = TA.Gradient(g, cr * scale[j] + shift[j]);
-                    if (dz != null) dz[r * c + j] = TE.Narrow(g);
-                }
-                a += ToDouble(g);
-                b += ToDouble(g) * ToDouble(cr - mLo[j]);
-            }
-            sumA[j] += a;
-            sumB[j] += b;
-        }
-    }
-
     /// <summary>y = act((x − μhi[j])·scale[j] + shift[j]) for every row and channel j (μlo folded into shift).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Normalize<TE, TS, T, TA>(TS* x, TS* y, long rows, long c, T* muHi, T* scale, T* shift)
@@ -243,7 +75,7 @@ internal static unsafe class ColumnLoops
         }
     }
 
-    /// <summary>dx = a[j]·dz + b[j]·(x − μhi[j]) + k[j] for every row and channel j (μlo folded into k; dz as in <see cref="AccumulateGradientSums"/>, with scale = a).</summary>
+    /// <summary>dx = a[j]·dz + b[j]·(x − μhi[j]) + k[j] for every row and channel j (μlo folded into k; dz as in <see cref="GradientTerms{TE, TS, T, TA}"/>, with scale = a).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void InputGradient<TE, TS, T, TA>(TS* x, TS* dy, TS* dx, long rows, long c, T* muHi, T* a, T* b, T* k, T* shift)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>

@@ -3,14 +3,7 @@ using System.Runtime.CompilerServices;
 
 namespace GroupNormalization.Kernels.Cpu;
 
-/// <summary>
-/// What the reductions share. They accumulate in T, not float64: widening every float32 element made them
-/// the kernels' bottleneck. That stays accurate because every value summed is a deviation x − m from a
-/// shift m close to the data's mean (formed as (x − mhi) − mlo, see <see cref="GroupNormMath.SplitMean{T}"/>),
-/// so terms are of the order of σ, not of |μ|; and no accumulator lane takes more than
-/// <see cref="FoldTerms"/> terms before it is folded into float64, which bounds its rounding error to about
-/// FoldTerms·2⁻²⁴ of its own partial sum. Four independent accumulators per loop hide the adds' latency.
-/// </summary>
+/// <summary>Conversions and float64 folding shared by the loops (see <see cref="Reductions"/> for why the folding).</summary>
 internal static unsafe class VectorMath
 {
     /// <summary>Terms per accumulator lane between folds into float64.</summary>

@@ -80,6 +80,54 @@ internal readonly unsafe record struct WorkPlan(ChannelLayout Layout, long Rows,
     public static long PieceRows(long channels, int arrays, int elementBytes) =>
         Math.Max(MinPieceRows, PieceBytes / (arrays * elementBytes * channels));
 
+    /// <summary>
+    /// Runs a forward job: whole rows in one parallel pass, or split rows in two (each block's moments, then,
+    /// after the merge into μ and r, each block's output). <paramref name="perItem"/> is the number of
+    /// statistics rows one work item holds moments for.
+    /// </summary>
+    public void RunForward(void* job, JobPhases* phases, delegate*<void*, long, long, void> body, long perItem, double* mean, double* rstd, double eps)
+    {
+        if (Blocks == 1)
+        {
+            phases->Phase = JobPhase.WholeRows;
+            ForEach(Rows, body, job);
+            return;
+        }
+        using var partial = new Scratch(Items * perItem * sizeof(Moments));
+        phases->Moments = (Moments*)partial.Pointer;
+        phases->Phase = JobPhase.BlockReductions;
+        ForEach(Items, body, job);
+        MergeMoments(phases->Moments, perItem, mean, rstd, eps);
+        phases->Phase = JobPhase.BlockElements;
+        ForEach(Items, body, job);
+    }
+
+    /// <summary>
+    /// Runs a backward job: whole rows in one parallel pass, or split rows in two (each block's sums, then,
+    /// after the merge into the per-(n, c) sums, each block's dx when <paramref name="inputGradient"/>).
+    /// <paramref name="perItem"/> is the number of channels one work item sums.
+    /// </summary>
+    public void RunBackward(void* job, JobPhases* phases, delegate*<void*, long, long, void> body, long perItem, double* sumA, double* sumB, bool inputGradient)
+    {
+        if (Blocks == 1)
+        {
+            phases->Phase = JobPhase.WholeRows;
+            ForEach(Rows, body, job);
+            return;
+        }
+        long partial = Items * perItem;
+        using var scratch = new Scratch(2 * partial * sizeof(double));
+        phases->PartA = (double*)scratch.Pointer;
+        phases->PartB = phases->PartA + partial;
+        new Span<double>(phases->PartA, (int)(2 * partial)).Clear();
+        phases->Phase = JobPhase.BlockReductions;
+        ForEach(Items, body, job);
+        MergeSums(phases->PartA, phases->PartB, perItem, sumA, sumB);
+        if (!inputGradient) return;
+        phases->Phase = JobPhase.BlockElements;
+        ForEach(Items, body, job);
+    }
+
     /// <summary>Merges per-block moments into each row's μ and r: entry (row, block, j) → statistics row·perItem + j.</summary>
     public void MergeMoments(Moments* partial, long perItem, double* mean, double* rstd, double eps)
     {
@@ -125,4 +173,16 @@ internal readonly unsafe struct Scratch : IDisposable
     public Scratch(long bytes) => Pointer = NativeMemory.Alloc((nuint)Math.Max(bytes, 1));
 
     public void Dispose() => NativeMemory.Free(Pointer);
+}
+
+/// <summary>A job's phase, which its parallel body reads, and the partial results of split rows.</summary>
+internal unsafe struct JobPhases
+{
+    public JobPhase Phase;
+
+    /// <summary>Forward: per-block moments.</summary>
+    public Moments* Moments;
+
+    /// <summary>Backward: per-block sums A and B.</summary>
+    public double* PartA, PartB;
 }
