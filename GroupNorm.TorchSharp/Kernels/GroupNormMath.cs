@@ -1,5 +1,6 @@
 using System;
 using System.Numerics;
+using System.Runtime.CompilerServices;
 
 namespace GroupNormalization.Kernels;
 
@@ -70,6 +71,7 @@ internal static class GroupNormMath
     }
 
     /// <summary>dγ[c] = Σ_n r[n,g]·B[n,c] and dβ[c] = Σ_n A[n,c], from the per-(n, c) sums of every sample.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static unsafe void ParameterGradients<T>(GroupNormShape s, double* rstd, double* sumA, double* sumB, T* dweight, T* dbias)
         where T : unmanaged, IFloatingPointIeee754<T>
     {

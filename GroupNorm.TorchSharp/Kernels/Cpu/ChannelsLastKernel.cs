@@ -33,6 +33,7 @@ internal static unsafe class ChannelsLastKernel
     /// Per-channel constants of sample n's output, z = (x − hi[c])·scale[c] + shift[c] (μlo folded into
     /// shift), and lo[c] for the centred sums; <paramref name="lo"/> may be null.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void OutputCoefficients<T>(GroupNormShape s, long n, double* mean, double* rstd, T* weight, T* bias, T* hi, T* lo, T* scale, T* shift)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
@@ -93,6 +94,7 @@ internal static unsafe class ChannelsLastKernel
             groups[(int)g].Merge(GroupNormMath.ShiftedMoments(count, shift[g * d], sd, ssq));
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         void AccumulateDeviations()
         {
             new Span<double>(dev, (int)(2 * c)).Clear();
@@ -101,6 +103,7 @@ internal static unsafe class ChannelsLastKernel
         }
 
         // The shift of every channel of group g, as the loops will subtract it.
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         void SetShift(long g, double value)
         {
             var (h, l) = GroupNormMath.SplitMean<T>(value);
@@ -110,6 +113,7 @@ internal static unsafe class ChannelsLastKernel
             new Span<T>(shiftLo + g * d, (int)d).Fill(l);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         (double Dev, double SqDev) GroupSums(long g)
         {
             double sd = 0, ssq = 0;

@@ -47,7 +47,12 @@ internal interface ITwoSums<TSelf, T>
 internal static unsafe class Reductions
 {
     /// <summary>Σ over elements [0, n) of a contiguous span, both terms in float64.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    /// <remarks>
+    /// Compiled fully optimised from the first call, whatever its caller's tier: inlined into a caller the JIT
+    /// had not yet recompiled (a local function of a channels-last kernel, in a benchmark process that kept
+    /// compiling new code), the skeleton ran with its operator's every step a call, 5× slower.
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static (double A, double B) Span<T, TOp>(TOp op, long n)
         where T : unmanaged, IFloatingPointIeee754<T>
         where TOp : struct, ITwoSums<TOp, T>
@@ -98,7 +103,7 @@ internal static unsafe class Reductions
     /// positions × <paramref name="c"/> channels. Each pass walks one vector of channels down all rows, so
     /// that the accumulators stay in registers instead of being reloaded for every position.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Columns<T, TOp>(TOp op, long rows, long c, double* sumA, double* sumB)
         where T : unmanaged, IFloatingPointIeee754<T>
         where TOp : struct, ITwoSums<TOp, T>

@@ -1,4 +1,5 @@
 using System;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using GroupNormalization.Kernels.Threading;
 using TorchSharp;
@@ -129,6 +130,7 @@ internal readonly unsafe record struct WorkPlan(ChannelLayout Layout, long Rows,
     }
 
     /// <summary>Merges per-block moments into each row's μ and r: entry (row, block, j) → statistics row·perItem + j.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void MergeMoments(Moments* partial, long perItem, double* mean, double* rstd, double eps)
     {
         for (long row = 0; row < Rows; row++)
@@ -145,6 +147,7 @@ internal readonly unsafe record struct WorkPlan(ChannelLayout Layout, long Rows,
     }
 
     /// <summary>Adds per-block sums: entry (row, block, j) → total row·perItem + j.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void MergeSums(double* partA, double* partB, long perItem, double* sumA, double* sumB)
     {
         for (long row = 0; row < Rows; row++)
