@@ -4,12 +4,14 @@ using static TorchSharp.torch;
 namespace GroupNormalization.Kernels;
 
 /// <summary>
-/// GroupNorm built from TorchSharp tensor operations, so it runs wherever libtorch runs: CUDA, and CPU
-/// tensors the fused kernel does not take (float16, bfloat16). Formulas: <see cref="GroupNormMath"/>.
+/// GroupNorm built from TorchSharp tensor operations, so it runs wherever libtorch runs: CUDA, and the
+/// CPU when TorchSharp gives no tensor data addresses (see <c>Interop/TorchSharpInternals.cs</c>); the
+/// tests run it beside the fused kernels as a second implementation. Formulas: <see cref="GroupNormMath"/>.
 /// <para>
 /// Statistics and coefficients are computed in the "opmath" type (float32 for half types, otherwise the
 /// input's own). Forward folds γ, β, μ and r into per-(n, c) scale and shift so that the output is one
-/// fused addcmul over x. Backward uses the centred sums B = Σ dy·(x − μ), not Σ dy·x − μ·Σ dy.
+/// fused addcmul over x, then applies the activation in place. Backward rebuilds the pre-activation for
+/// act′(z) and uses the centred sums B = Σ dz·(x − μ), not Σ dz·x − μ·Σ dz.
 /// </para>
 /// </summary>
 internal static class DeviceGenericKernel
