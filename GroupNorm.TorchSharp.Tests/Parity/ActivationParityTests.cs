@@ -38,6 +38,11 @@ public sealed class ActivationParityTests
         (new(new long[] { 1, 6, 3, 4, 5 }, 6, Affine.None, Layout.ChannelsLast), Api.Module),
         (new(new long[] { 2, 6, 3, 4, 5 }, 2, Affine.BiasOnly), Api.Functional),
         (new(new long[] { 2, 6, 9 }, 3, Affine.WeightOnly), Api.Functional),
+        // Planes of whole vector pairs (8×8, 16): the fused forward's one-loop-per-row path for small planes.
+        (new(new long[] { 2, 8, 8, 8 }, 4), Api.Functional),
+        (new(new long[] { 3, 6, 16 }, 3, Affine.None), Api.Module),
+        // One sample of large rows: split into blocks on more than one thread, not aligned to planes.
+        (new(new long[] { 1, 4, 96, 96 }, 2), Api.Functional),
     };
 
     private static readonly ScalarType[] s_dtypes = { ScalarType.Float32, ScalarType.Float64, ScalarType.Float16, ScalarType.BFloat16 };

@@ -15,6 +15,12 @@ internal static unsafe class ChannelsFirstKernel
     /// <summary>Elements whose mean becomes a row's statistics' shift (see <see cref="RowwiseMoments"/>).</summary>
     private const int ShiftSample = 256;
 
+    /// <summary>Planes up to this size go through one loop per row when an activation is fused.</summary>
+    private const long SmallPlane = 256;
+
+    /// <summary>Most planes whose constants a row keeps on the stack for that loop.</summary>
+    private const long MaxStackPlanes = 1024;
+
     public static void Forward<TE, TS, T, TA>(ForwardOperands<TS, T> operands, GroupNormShape shape, double eps, WorkPlan plan)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
@@ -113,6 +119,21 @@ internal static unsafe class ChannelsFirstKernel
             TS* xr = O.X + r * Plan.RowLength, yr = O.Y + r * Plan.RowLength;
             var (hi, lo) = GroupNormMath.SplitMean<T>(O.Mean[r]);
             double rs = O.Rstd[r], meanLo = double.CreateTruncating(lo);
+            long planes = (end - start) / plane;
+            if (!TA.IsIdentity && Vector.IsHardwareAccelerated && plane % (2 * Vector<T>.Count) == 0 && plane <= SmallPlane
+                && start % plane == 0 && end % plane == 0 && planes <= MaxStackPlanes)
+            {
+                // Small planes in one loop (see ContiguousLoops.NormalizePlanes), their constants first.
+                T* scale = stackalloc T[(int)planes];
+                T* shift = stackalloc T[(int)planes];
+                for (long k = 0; k < planes; k++)
+                {
+                    long c = g * S.D + start / plane + k;
+                    (scale[k], shift[k]) = GroupNormMath.OutputCoefficients<T>(rs, meanLo, ChannelParameters.Gamma(O.Weight, c), ChannelParameters.Beta(O.Bias, c));
+                }
+                ContiguousLoops.NormalizePlanes<TE, TS, T, TA>(xr + start, yr + start, planes, plane, hi, scale, shift);
+                return;
+            }
             // One division per call: with 7x7 planes, a division per channel cost as much as the arithmetic.
             for (long pos = start, local = start / plane; pos < end; local++)
             {

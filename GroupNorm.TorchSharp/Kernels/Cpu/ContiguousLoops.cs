@@ -96,6 +96,35 @@ internal static unsafe class ContiguousLoops
     }
 
     /// <summary>
+    /// <see cref="Normalize"/> over consecutive channel planes of <paramref name="planeLength"/> elements, a
+    /// multiple of two vectors, with per-plane constants: one loop for a whole row of small planes. An
+    /// activation's exponential is a long dependency chain; in a call per 8×8 plane (four vector pairs) the
+    /// core could not overlap one pair's chain with the next plane's, and GroupNorm+SiLU ran at 2.6× the
+    /// per-element cost of large planes.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void NormalizePlanes<TE, TS, T, TA>(TS* x, TS* y, long planes, long planeLength, T muHi, T* scale, T* shift)
+        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
+        where TA : struct, IActivation
+    {
+        int w = Vector<T>.Count;
+        var vh = new Vector<T>(muHi);
+        for (long p = 0; p < planes; p++)
+        {
+            var vs = new Vector<T>(scale[p]);
+            var vb = new Vector<T>(shift[p]);
+            TS* xp = x + p * planeLength, yp = y + p * planeLength;
+            for (long i = 0; i < planeLength; i += 2 * w)
+            {
+                var z0 = (TE.Load(xp + i) - vh) * vs + vb;
+                var z1 = (TE.Load(xp + i + w) - vh) * vs + vb;
+                TA.Apply(ref z0, ref z1);
+                TE.StorePair(yp + i, z0, z1);
+            }
+        }
+    }
+
+    /// <summary>
     /// dx = a·dz + b·(x − μhi) + k, where the caller folded −b·μlo into k, and dz = dy·act′(z) with z rebuilt
     /// from a = scale and shift as forward formed it.
     /// </summary>
