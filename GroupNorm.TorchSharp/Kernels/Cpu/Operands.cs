@@ -29,19 +29,6 @@ internal readonly unsafe struct BackwardOperands<TS, T>(
     public readonly double* Mean = mean, Rstd = rstd, SumA = sumA, SumB = sumB;
 }
 
-/// <summary>Which phase of a job its parallel body runs.</summary>
-internal enum JobPhase
-{
-    /// <summary>Whole rows: reductions, then the element-wise pass while the row is in cache.</summary>
-    WholeRows,
-
-    /// <summary>Split rows, first phase: each block's partial reductions.</summary>
-    BlockReductions,
-
-    /// <summary>Split rows, second phase: each block's element-wise pass, after the merge.</summary>
-    BlockElements,
-}
-
 /// <summary>γ[c] and β[c] in float64, with PyTorch's defaults for an absent parameter.</summary>
 internal static unsafe class ChannelParameters
 {

@@ -189,3 +189,16 @@ internal unsafe struct JobPhases
     /// <summary>Backward: per-block sums A and B.</summary>
     public double* PartA, PartB;
 }
+
+/// <summary>Which phase of a job its parallel body runs.</summary>
+internal enum JobPhase
+{
+    /// <summary>Whole rows: reductions, then the element-wise pass while the row is in cache.</summary>
+    WholeRows,
+
+    /// <summary>Split rows, first phase: each block's partial reductions.</summary>
+    BlockReductions,
+
+    /// <summary>Split rows, second phase: each block's element-wise pass, after the merge.</summary>
+    BlockElements,
+}
