@@ -92,7 +92,7 @@ public sealed unsafe class ElementTests
         fixed (Half* dst = stored)
         {
             for (int i = 0; i < values.Length; i += Lanes)
-                Float16Element.Store(dst + i, Float32Element.Load(src + i));
+                Float16Element.Store(dst + i, NativeElement<float>.Load(src + i));
         }
         for (int i = 0; i < values.Length; i++)
         {
@@ -113,7 +113,7 @@ public sealed unsafe class ElementTests
         fixed (ushort* dst = stored)
         {
             for (int i = 0; i < values.Length; i += Lanes)
-                BFloat16Element.Store(dst + i, Float32Element.Load(src + i));
+                BFloat16Element.Store(dst + i, NativeElement<float>.Load(src + i));
         }
         using var scope = torch.NewDisposeScope();
         // Widening back to float32 is exact, so the float's upper 16 bits are libtorch's bfloat16.

@@ -117,8 +117,7 @@ internal static unsafe class ChannelsFirstKernel
         {
             long g = r % S.G, plane = S.S;
             TS* xr = O.X + r * Plan.RowLength, yr = O.Y + r * Plan.RowLength;
-            var (hi, lo) = GroupNormMath.SplitMean<T>(O.Mean[r]);
-            double rs = O.Rstd[r], meanLo = double.CreateTruncating(lo);
+            var group = new GroupConstants<T>(O.Mean[r], O.Rstd[r], O.Weight, O.Bias);
             long planes = (end - start) / plane;
             if (!TA.IsIdentity && Vector.IsHardwareAccelerated && plane % (2 * Vector<T>.Count) == 0 && plane <= SmallPlane
                 && start % plane == 0 && end % plane == 0 && planes <= MaxStackPlanes)
@@ -126,21 +125,16 @@ internal static unsafe class ChannelsFirstKernel
                 // Small planes in one loop (see ContiguousLoops.NormalizePlanes), their constants first.
                 T* scale = stackalloc T[(int)planes];
                 T* shift = stackalloc T[(int)planes];
-                for (long k = 0; k < planes; k++)
-                {
-                    long c = g * S.D + start / plane + k;
-                    (scale[k], shift[k]) = GroupNormMath.OutputCoefficients<T>(rs, meanLo, ChannelParameters.Gamma(O.Weight, c), ChannelParameters.Beta(O.Bias, c));
-                }
-                ContiguousLoops.NormalizePlanes<TE, TS, T, TA>(xr + start, yr + start, planes, plane, hi, scale, shift);
+                for (long k = 0; k < planes; k++) (scale[k], shift[k]) = group.Channel(g * S.D + start / plane + k);
+                ContiguousLoops.NormalizePlanes<TE, TS, T, TA>(xr + start, yr + start, planes, plane, group.Hi, scale, shift);
                 return;
             }
             // One division per call: with 7x7 planes, a division per channel cost as much as the arithmetic.
             for (long pos = start, local = start / plane; pos < end; local++)
             {
-                long c = g * S.D + local;
                 long stop = Math.Min(end, (local + 1) * plane);
-                var (scale, shift) = GroupNormMath.OutputCoefficients<T>(rs, meanLo, ChannelParameters.Gamma(O.Weight, c), ChannelParameters.Beta(O.Bias, c));
-                ContiguousLoops.Normalize<TE, TS, T, TA>(xr + pos, yr + pos, stop - pos, hi, scale, shift);
+                var (scale, shift) = group.Channel(g * S.D + local);
+                ContiguousLoops.Normalize<TE, TS, T, TA>(xr + pos, yr + pos, stop - pos, group.Hi, scale, shift);
                 pos = stop;
             }
         }
@@ -198,15 +192,13 @@ internal static unsafe class ChannelsFirstKernel
             long g = r % S.G, plane = S.S;
             TS* xr = O.X + r * Plan.RowLength, gr = O.Dy + r * Plan.RowLength;
             TS* zr = O.Dx != null && GradientStash.Used<TS, T, TA>() ? O.Dx + r * Plan.RowLength : null;
-            var (hi, lo) = GroupNormMath.SplitMean<T>(O.Mean[r]);
-            double rs = O.Rstd[r], meanLo = double.CreateTruncating(lo);
+            var group = new GroupConstants<T>(O.Mean[r], O.Rstd[r], O.Weight, O.Bias);
             for (long pos = start, local = start / plane; pos < end; local++)
             {
-                long c = g * S.D + local;
                 long stop = Math.Min(end, (local + 1) * plane);
                 // The pre-activation's coefficients, needed only to rebuild z for act′(z).
-                var (scale, shift) = TA.IsIdentity ? default : GroupNormMath.OutputCoefficients<T>(rs, meanLo, ChannelParameters.Gamma(O.Weight, c), ChannelParameters.Beta(O.Bias, c));
-                var terms = new GradientTerms<TE, TS, T, TA>(xr + pos, gr + pos, zr == null ? null : zr + pos, hi, lo, scale, shift);
+                var (scale, shift) = TA.IsIdentity ? default : group.Channel(g * S.D + local);
+                var terms = new GradientTerms<TE, TS, T, TA>(xr + pos, gr + pos, zr == null ? null : zr + pos, group.Hi, group.Lo, scale, shift);
                 var (sa, sb) = Reductions.Span<T, GradientTerms<TE, TS, T, TA>>(terms, stop - pos);
                 a[local] += sa;
                 b[local] += sb;
@@ -219,27 +211,18 @@ internal static unsafe class ChannelsFirstKernel
         private readonly void InputGradient(long r, long start, long end)
         {
             long g = r % S.G, plane = S.S;
-            double rs = O.Rstd[r], gammaA = 0, gammaB = 0;
-            for (long j = 0; j < S.D; j++)
-            {
-                double gamma = ChannelParameters.Gamma(O.Weight, g * S.D + j);
-                gammaA += gamma * O.SumA[r * S.D + j];
-                gammaB += gamma * O.SumB[r * S.D + j];
-            }
-            var (hi, lo) = GroupNormMath.SplitMean<T>(O.Mean[r]);
-            double meanLo = double.CreateTruncating(lo);
-            var (b, k) = GroupNormMath.InputGradientCoefficients<T>(rs, gammaA, gammaB, Plan.RowLength, meanLo);
+            var group = new GroupConstants<T>(O.Mean[r], O.Rstd[r], O.Weight, O.Bias);
+            var (b, k) = group.InputGradient(g * S.D, S.D, O.SumA + r * S.D, O.SumB + r * S.D, Plan.RowLength);
 
             TS* xr = O.X + r * Plan.RowLength, gr = O.Dy + r * Plan.RowLength, dr = O.Dx + r * Plan.RowLength;
             for (long pos = start, local = start / plane; pos < end; local++)
             {
-                long c = g * S.D + local;
                 long stop = Math.Min(end, (local + 1) * plane);
-                var (a, shift) = GroupNormMath.OutputCoefficients<T>(rs, meanLo, ChannelParameters.Gamma(O.Weight, c), ChannelParameters.Beta(O.Bias, c));
+                var (a, shift) = group.Channel(g * S.D + local);
                 if (GradientStash.Used<TS, T, TA>())
-                    ContiguousLoops.InputGradient<TE, TS, T, Identity>(xr + pos, dr + pos, dr + pos, stop - pos, hi, a, b, k, shift);
+                    ContiguousLoops.InputGradient<TE, TS, T, Identity>(xr + pos, dr + pos, dr + pos, stop - pos, group.Hi, a, b, k, shift);
                 else
-                    ContiguousLoops.InputGradient<TE, TS, T, TA>(xr + pos, gr + pos, dr + pos, stop - pos, hi, a, b, k, shift);
+                    ContiguousLoops.InputGradient<TE, TS, T, TA>(xr + pos, gr + pos, dr + pos, stop - pos, group.Hi, a, b, k, shift);
                 pos = stop;
             }
         }

@@ -39,14 +39,12 @@ internal static unsafe class ChannelsLastKernel
     {
         for (long g = 0; g < s.G; g++)
         {
-            long ng = n * s.G + g;
-            var (h, l) = GroupNormMath.SplitMean<T>(mean[ng]);
-            double meanLo = double.CreateTruncating(l);
+            var group = new GroupConstants<T>(mean[n * s.G + g], rstd[n * s.G + g], weight, bias);
             for (long c = g * s.D; c < (g + 1) * s.D; c++)
             {
-                hi[c] = h;
-                if (lo != null) lo[c] = l;
-                (scale[c], shift[c]) = GroupNormMath.OutputCoefficients<T>(rstd[ng], meanLo, ChannelParameters.Gamma(weight, c), ChannelParameters.Beta(bias, c));
+                hi[c] = group.Hi;
+                if (lo != null) lo[c] = group.Lo;
+                (scale[c], shift[c]) = group.Channel(c);
             }
         }
     }
@@ -256,21 +254,18 @@ internal static unsafe class ChannelsLastKernel
             long c = S.C;
             using var scratch = new Scratch(5 * c * sizeof(T));
             T* hi = (T*)scratch.Pointer, a = hi + c, shift = a + c, b = shift + c, k = b + c;
-            OutputCoefficients(S, n, O.Mean, O.Rstd, O.Weight, O.Bias, hi, null, a, shift);
             for (long g = 0; g < S.G; g++)
             {
-                long ng = n * S.G + g;
-                double gammaA = 0, gammaB = 0;
-                for (long j = g * S.D; j < (g + 1) * S.D; j++)
+                long c0 = g * S.D;
+                var group = new GroupConstants<T>(O.Mean[n * S.G + g], O.Rstd[n * S.G + g], O.Weight, O.Bias);
+                var (bt, kt) = group.InputGradient(c0, S.D, O.SumA + n * c + c0, O.SumB + n * c + c0, S.GroupSize);
+                for (long j = c0; j < c0 + S.D; j++)
                 {
-                    double gamma = ChannelParameters.Gamma(O.Weight, j);
-                    gammaA += gamma * O.SumA[n * c + j];
-                    gammaB += gamma * O.SumB[n * c + j];
+                    hi[j] = group.Hi;
+                    (a[j], shift[j]) = group.Channel(j);
+                    b[j] = bt;
+                    k[j] = kt;
                 }
-                double meanLo = double.CreateTruncating(GroupNormMath.SplitMean<T>(O.Mean[ng]).Lo);
-                var (bt, kt) = GroupNormMath.InputGradientCoefficients<T>(O.Rstd[ng], gammaA, gammaB, S.GroupSize, meanLo);
-                new Span<T>(b + g * S.D, (int)S.D).Fill(bt);
-                new Span<T>(k + g * S.D, (int)S.D).Fill(kt);
             }
             TS* xs = Sample(O.X, n), gs = Sample(O.Dy, n), ds = Sample(O.Dx, n);
             long pieceRows = WorkPlan.PieceRows(c, 3, sizeof(TS));

@@ -171,10 +171,10 @@ internal static unsafe class CpuFusedKernel
         switch (dtype)
         {
             case ScalarType.Float32:
-                WithActivation<TCall, Float32Element, float, float>(ref call, activation);
+                WithActivation<TCall, NativeElement<float>, float, float>(ref call, activation);
                 break;
             case ScalarType.Float64:
-                WithActivation<TCall, Float64Element, double, double>(ref call, activation);
+                WithActivation<TCall, NativeElement<double>, double, double>(ref call, activation);
                 break;
             case ScalarType.Float16:
                 WithActivation<TCall, Float16Element, Half, float>(ref call, activation);

@@ -29,43 +29,25 @@ internal unsafe interface IElement<TS, T>
     static abstract TS Narrow(T v);
 }
 
-internal unsafe struct Float32Element : IElement<float, float>
+/// <summary>float32 or float64, stored as computed: loads and stores are plain vector moves.</summary>
+internal unsafe struct NativeElement<T> : IElement<T, T>
+    where T : unmanaged, IFloatingPointIeee754<T>
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector<float> Load(float* p) => Unsafe.ReadUnaligned<Vector<float>>(p);
+    public static Vector<T> Load(T* p) => Unsafe.ReadUnaligned<Vector<T>>(p);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Store(float* p, Vector<float> v) => Unsafe.WriteUnaligned(p, v);
+    public static void Store(T* p, Vector<T> v) => Unsafe.WriteUnaligned(p, v);
 
-    public static float Widen(float v) => v;
+    public static T Widen(T v) => v;
 
-    public static float Narrow(float v) => v;
+    public static T Narrow(T v) => v;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void StorePair(float* p, Vector<float> v0, Vector<float> v1)
+    public static void StorePair(T* p, Vector<T> v0, Vector<T> v1)
     {
         Store(p, v0);
-        Store(p + Vector<float>.Count, v1);
-    }
-}
-
-internal unsafe struct Float64Element : IElement<double, double>
-{
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector<double> Load(double* p) => Unsafe.ReadUnaligned<Vector<double>>(p);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Store(double* p, Vector<double> v) => Unsafe.WriteUnaligned(p, v);
-
-    public static double Widen(double v) => v;
-
-    public static double Narrow(double v) => v;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void StorePair(double* p, Vector<double> v0, Vector<double> v1)
-    {
-        Store(p, v0);
-        Store(p + Vector<double>.Count, v1);
+        Store(p + Vector<T>.Count, v1);
     }
 }
 

@@ -29,12 +29,48 @@ internal readonly unsafe struct BackwardOperands<TS, T>(
     public readonly double* Mean = mean, Rstd = rstd, SumA = sumA, SumB = sumB;
 }
 
-/// <summary>γ[c] and β[c] in float64, with PyTorch's defaults for an absent parameter.</summary>
-internal static unsafe class ChannelParameters
+/// <summary>
+/// One (n, g) group's constants, as every element-wise loop of both layouts needs them: μ split as
+/// Hi + Lo (<see cref="GroupNormMath.SplitMean{T}"/>), r, and per channel the pre-activation's scale and
+/// shift from γ and β (absent: 1 and 0).
+/// </summary>
+internal readonly unsafe struct GroupConstants<T>
+    where T : unmanaged, IFloatingPointIeee754<T>
 {
-    public static double Gamma<T>(T* w, long c) where T : unmanaged, IFloatingPointIeee754<T> => w == null ? 1.0 : double.CreateTruncating(w[c]);
+    public readonly T Hi, Lo;
+    private readonly double _rstd, _meanLo;
+    private readonly T* _weight, _bias;
 
-    public static double Beta<T>(T* b, long c) where T : unmanaged, IFloatingPointIeee754<T> => b == null ? 0.0 : double.CreateTruncating(b[c]);
+    public GroupConstants(double mean, double rstd, T* weight, T* bias)
+    {
+        (Hi, Lo) = GroupNormMath.SplitMean<T>(mean);
+        _meanLo = double.CreateTruncating(Lo);
+        _rstd = rstd;
+        _weight = weight;
+        _bias = bias;
+    }
+
+    /// <summary>z = (x − Hi)·Scale + Shift for channel c (<see cref="GroupNormMath.OutputCoefficients{T}"/>); Scale is also dx's a.</summary>
+    public (T Scale, T Shift) Channel(long c) =>
+        GroupNormMath.OutputCoefficients<T>(_rstd, _meanLo, Gamma(c), _bias == null ? 0.0 : double.CreateTruncating(_bias[c]));
+
+    /// <summary>
+    /// dx's b and k for the group (<see cref="GroupNormMath.InputGradientCoefficients{T}"/>), from the sums A and B
+    /// of its <paramref name="channels"/> channels from <paramref name="firstChannel"/> on, at sumA[j] and sumB[j].
+    /// </summary>
+    public (T B, T K) InputGradient(long firstChannel, long channels, double* sumA, double* sumB, double groupSize)
+    {
+        double gammaA = 0, gammaB = 0;
+        for (long j = 0; j < channels; j++)
+        {
+            double gamma = Gamma(firstChannel + j);
+            gammaA += gamma * sumA[j];
+            gammaB += gamma * sumB[j];
+        }
+        return GroupNormMath.InputGradientCoefficients<T>(_rstd, gammaA, gammaB, groupSize, _meanLo);
+    }
+
+    private double Gamma(long c) => _weight == null ? 1.0 : double.CreateTruncating(_weight[c]);
 }
 
 /// <summary>
