@@ -1,7 +1,6 @@
 using System;
 using System.Collections.Generic;
 using System.Linq;
-using GroupNormalization.Interop;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -122,7 +121,7 @@ public static class BatchNormConverter
                         _replaced.Add(bn);
                         Layers.Add(new ConvertedLayer(prefix + name, bn.GetType().Name, bn.num_features, gn.num_groups));
                     }
-                    Commit(TorchSharpInternals.PlanReplacement(parent, bn, gn), gn);
+                    Commit(ModuleReplacement.PlanReplacement(parent, bn, gn), gn);
                 }
                 else
                 {
@@ -159,8 +158,8 @@ public static class BatchNormConverter
             Action storeNorm, storeIdentity;
             try
             {
-                storeNorm = TorchSharpInternals.PlanReplacement(sequential, norm.module, fused);
-                storeIdentity = TorchSharpInternals.PlanSequentialItem(sequential, index + 1, identity);
+                storeNorm = ModuleReplacement.PlanReplacement(sequential, norm.module, fused);
+                storeIdentity = ModuleReplacement.PlanSequentialItem(sequential, index + 1, identity);
             }
             catch
             {
