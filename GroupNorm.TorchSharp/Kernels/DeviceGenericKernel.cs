@@ -30,12 +30,7 @@ internal static class DeviceGenericKernel
         var (variance, mean) = grouped.var_mean(new long[] { 2 }, unbiased: false);
         var rstd = variance.add_(eps).rsqrt_();
 
-        // scale[n, c] = r·γ[c]; shift[n, c] = β[c] − μ·scale.
-        var r = rstd.view(s.N, s.G, 1);
-        var scale = weight is null ? r.expand(s.N, s.G, s.D) : r * weight.to(opmath).view(1, s.G, s.D);
-        var shift = mean.view(s.N, s.G, 1) * scale;
-        shift = bias is null ? shift.neg_() : bias.to(opmath).view(1, s.G, s.D) - shift;
-
+        var (scale, shift) = ScaleShift(mean, rstd, weight, bias, s, opmath);
         var broadcast = BroadcastShape(x.ndim, s);
         var y = torch.addcmul(shift.reshape(broadcast), x, scale.reshape(broadcast), 1);
         // In the opmath type, before a half input's output is rounded once.
@@ -64,10 +59,9 @@ internal static class DeviceGenericKernel
         var centred = xs - m;
         if (activation != Activation.None)
         {
-            // The pre-activation z = (x − μ)·r·γ + β, rebuilt rather than saved; from here on dy is dz.
-            var z = centred * r.unsqueeze(3);
-            if (weight is not null) z = z.mul_(weight.to(opmath).view(1, s.G, s.D, 1));
-            if (bias is not null) z = z.add_(bias.to(opmath).view(1, s.G, s.D, 1));
+            // The pre-activation, rebuilt as forward formed it rather than saved; from here on dy is dz.
+            var (scale, shift) = ScaleShift(mean.to(opmath), r.view(s.N, s.G), weight, bias, s, opmath);
+            var z = torch.addcmul(shift.unsqueeze(3), xs, scale.unsqueeze(3), 1);
             dys = ActivationGradient(dys, z, activation);
         }
         var sumA = dys.sum(dim: 3);                // A[n, g, j] = Σ_s dy
@@ -101,6 +95,19 @@ internal static class DeviceGenericKernel
         }
 
         return (dx?.MoveToOuterDisposeScope(), dweight?.MoveToOuterDisposeScope(), dbias?.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// The pre-activation's per-(n, c) constants, z = x·scale + shift: scale = r·γ[c], shift = β[c] − μ·scale,
+    /// shaped (N, G, D); mean and rstd are (N, G) in the opmath type.
+    /// </summary>
+    private static (Tensor Scale, Tensor Shift) ScaleShift(Tensor mean, Tensor rstd, Tensor? weight, Tensor? bias, GroupNormShape s, ScalarType opmath)
+    {
+        var r = rstd.view(s.N, s.G, 1);
+        var scale = weight is null ? r.expand(s.N, s.G, s.D) : r * weight.to(opmath).view(1, s.G, s.D);
+        var shift = mean.view(s.N, s.G, 1) * scale;
+        shift = bias is null ? shift.neg_() : bias.to(opmath).view(1, s.G, s.D) - shift;
+        return (scale, shift);
     }
 
     /// <summary>
