@@ -106,16 +106,10 @@ internal static class GroupNormMath
         count == 0 || sumSqDev <= 4 * (sumSqDev - sumDev * sumDev / count);
 
     /// <summary>
-    /// Splits a float64 mean into a float32 pair whose sum carries ~48 bits, so that float32 kernels can
-    /// form x − μ as (x − hi) − lo: x − hi is exact near the mean, and lo restores what rounding μ lost.
+    /// Splits a float64 mean into a pair in T whose sum carries ~48 bits for float32, so that float32 kernels
+    /// can form x − μ as (x − hi) − lo: x − hi is exact near the mean, and lo restores what rounding μ lost.
+    /// In float64, hi = μ and lo = 0.
     /// </summary>
-    public static (float Hi, float Lo) SplitMean(double mean)
-    {
-        float hi = (float)mean;
-        return (hi, (float)(mean - hi));
-    }
-
-    /// <summary>μ as hi + lo in T (<see cref="SplitMean(double)"/>); in float64, hi = μ and lo = 0.</summary>
     public static (T Hi, T Lo) SplitMean<T>(double mean) where T : unmanaged, IFloatingPointIeee754<T>
     {
         T hi = T.CreateTruncating(mean);

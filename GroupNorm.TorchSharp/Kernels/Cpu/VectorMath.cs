@@ -13,17 +13,6 @@ internal static unsafe class VectorMath
     public static double ToDouble<T>(T v) where T : unmanaged =>
         typeof(T) == typeof(float) ? Unsafe.As<T, float>(ref v) : Unsafe.As<T, double>(ref v);
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static T FromDouble<T>(double v) where T : unmanaged
-    {
-        if (typeof(T) == typeof(float))
-        {
-            float f = (float)v;
-            return Unsafe.As<float, T>(ref f);
-        }
-        return Unsafe.As<double, T>(ref v);
-    }
-
     /// <summary>v's lanes as float64, pairwise summed when T is float32 (two lanes per float64 lane).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector<double> ToDoubleLanes<T>(Vector<T> v) where T : unmanaged
