@@ -31,7 +31,8 @@ internal static unsafe class ChannelsLastKernel
 
     /// <summary>
     /// Per-channel constants of sample n's output, z = (x − hi[c])·scale[c] + shift[c] (μlo folded into
-    /// shift), and lo[c] for the centred sums; <paramref name="lo"/> may be null.
+    /// shift), and lo[c] for the centred sums; <paramref name="lo"/>, and <paramref name="scale"/> with
+    /// <paramref name="shift"/>, may be null when not needed.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void OutputCoefficients<T>(GroupNormShape s, long n, double* mean, double* rstd, T* weight, T* bias, T* hi, T* lo, T* scale, T* shift)
@@ -44,7 +45,7 @@ internal static unsafe class ChannelsLastKernel
             {
                 hi[c] = group.Hi;
                 if (lo != null) lo[c] = group.Lo;
-                (scale[c], shift[c]) = group.Channel(c);
+                if (scale != null) (scale[c], shift[c]) = group.Channel(c);
             }
         }
     }
@@ -236,6 +237,8 @@ internal static unsafe class ChannelsLastKernel
             long c = S.C;
             using var scratch = new Scratch(4 * c * sizeof(T));
             T* hi = (T*)scratch.Pointer, lo = hi + c, scale = lo + c, shift = scale + c;
+            // The pre-activation's scale and shift only rebuild z for act′(z): plain GroupNorm needs μ alone.
+            if (TA.IsIdentity) scale = shift = null;
             OutputCoefficients(S, n, O.Mean, O.Rstd, O.Weight, O.Bias, hi, lo, scale, shift);
             TS* xs = Sample(O.X, n), gs = Sample(O.Dy, n);
             TS* zs = O.Dx != null && GradientStash.Used<TS, T, TA>() ? Sample(O.Dx, n) : null;
