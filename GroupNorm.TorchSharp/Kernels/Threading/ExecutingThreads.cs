@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Concurrent;
 using System.Collections.Generic;
+using System.Diagnostics;
 using System.Linq;
 using System.Runtime.CompilerServices;
 using System.Threading;
@@ -17,15 +18,20 @@ internal sealed class ExecutingThreads : IDisposable
     private static ExecutingThreads? s_active;
 
     private readonly ConcurrentDictionary<int, byte> _threads = new();
+    private readonly long _holdUntil;
 
-    private ExecutingThreads()
-    {
-    }
+    private ExecutingThreads(TimeSpan hold) =>
+        _holdUntil = Stopwatch.GetTimestamp() + (long)(hold.TotalSeconds * Stopwatch.Frequency);
 
-    /// <summary>Starts recording; one recording at a time in the process.</summary>
-    public static ExecutingThreads Record()
+    /// <summary>
+    /// Starts recording; one recording at a time in the process. With a <paramref name="hold"/>, a thread
+    /// that runs a chunk waits until a second thread has run one, or until the hold has passed since the
+    /// recording started: otherwise a caller that finishes every chunk before a worker wakes (a small
+    /// tensor, a loaded machine) would make a working runtime look serial.
+    /// </summary>
+    public static ExecutingThreads Record(TimeSpan hold = default)
     {
-        var recording = new ExecutingThreads();
+        var recording = new ExecutingThreads(hold);
         if (Interlocked.CompareExchange(ref s_active, recording, null) is not null)
             throw new InvalidOperationException("Another recording of executing threads is active.");
         return recording;
@@ -39,7 +45,14 @@ internal sealed class ExecutingThreads : IDisposable
     internal static void Note()
     {
         var active = Volatile.Read(ref s_active);
-        if (active is not null) active._threads.TryAdd(Environment.CurrentManagedThreadId, 0);
+        if (active is not null) active.Add();
+    }
+
+    private void Add()
+    {
+        _threads.TryAdd(Environment.CurrentManagedThreadId, 0);
+        var spin = new SpinWait();
+        while (_threads.Count < 2 && Stopwatch.GetTimestamp() < _holdUntil) spin.SpinOnce();
     }
 
     public void Dispose() => Interlocked.CompareExchange(ref s_active, null, this);
