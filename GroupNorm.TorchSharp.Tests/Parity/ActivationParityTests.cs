@@ -80,6 +80,7 @@ public sealed class ActivationParityTests
     [TestCaseSource(nameof(ForcedSplitCases))]
     public void MatchesNativeThenActivationWithRowsSplit(ParityCase c, Api api, ScalarType dtype, bool openMp, Activation activation)
     {
+        StrategyParityTests.RequireBackend(openMp);
         var config = new StrategyParityTests.Config(openMp, Split: true, Threads: 3);
         using var backend = config.Backend();
         using var plan = config.Plan();

@@ -74,6 +74,7 @@ public sealed unsafe class LayerThreadingTests
     [Test]
     public void ConcurrentCallersGetTheirOwnResults([Values] bool openMp, [Values] Api api)
     {
+        StrategyParityTests.RequireBackend(openMp);
         const int callers = 4, rounds = 5;
         var inputs = Enumerable.Range(0, callers).Select(Inputs).ToArray();
         Run[] expected;
@@ -129,6 +130,7 @@ public sealed unsafe class LayerThreadingTests
     [Test]
     public void KernelWorkRunsOnMoreThanOneThread([Values] bool openMp)
     {
+        StrategyParityTests.RequireBackend(openMp);
         var (x, w, b, dy) = Inputs(10);
         int caller = Environment.CurrentManagedThreadId;
         IReadOnlyCollection<int> seen;
