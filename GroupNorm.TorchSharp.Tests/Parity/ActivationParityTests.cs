@@ -63,6 +63,31 @@ public sealed class ActivationParityTests
     public void MatchesNativeGroupNormThenActivation(ParityCase c, Api api, ScalarType dtype, KernelPath path, Activation activation) =>
         Check(c, api, dtype, dtype, path, activation);
 
+    public static IEnumerable<TestCaseData> ForcedSplitCases()
+    {
+        foreach (var activation in s_activations)
+            foreach (var dtype in new[] { ScalarType.Float32, ScalarType.Float64 })
+                foreach (bool openMp in new[] { true, false })
+                    foreach (var (c, api) in s_cases)
+                        yield return new TestCaseData(c, api, dtype, openMp, activation)
+                            .SetArgDisplayNames($"{activation}_{(openMp ? "OpenMP" : "OwnThreads")}_{ParityTests.DtypeName(dtype)}_{api}_{c.Name}");
+    }
+
+    /// <summary>
+    /// The same checks with every row forced into blocks on 3 threads, on both backends: the activation's
+    /// terms in the block sums of backward, and the split forward of both the graph and the no-graph routes.
+    /// </summary>
+    [TestCaseSource(nameof(ForcedSplitCases))]
+    public void MatchesNativeThenActivationWithRowsSplit(ParityCase c, Api api, ScalarType dtype, bool openMp, Activation activation)
+    {
+        StrategyParityTests.RequireBackend(openMp);
+        var config = new StrategyParityTests.Config(openMp, Split: true, Threads: 3);
+        using var backend = config.Backend();
+        using var plan = config.Plan();
+        Check(c, api, dtype, dtype, KernelPath.Default, activation);
+        StrategyParityTests.AssertPlans(plan.Plans, 3, config, "forward, backward and the no-graph forward");
+    }
+
     public static IEnumerable<TestCaseData> MixedCases()
     {
         var cases = new (ParityCase Case, Api Api)[]

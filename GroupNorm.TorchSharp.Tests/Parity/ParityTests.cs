@@ -3,7 +3,6 @@ using System.Globalization;
 using System.Linq;
 using System.Threading.Tasks;
 using GroupNormalization.Kernels;
-using GroupNormalization.Kernels.Threading;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -30,24 +29,6 @@ public sealed class ParityTests
     [TestCaseSource(nameof(SweepCases))]
     public void MatchesNativeGroupNorm(ParityCase c, ScalarType dtype, KernelPath path) =>
         ParityCheck.Run(c, dtype, path, torch.CPU);
-
-    public static IEnumerable<TestCaseData> OwnThreadsCases()
-    {
-        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.Float64 })
-            foreach (var c in ParityCase.Sweep)
-                yield return new TestCaseData(c, dtype).SetArgDisplayNames($"OwnThreads_{DtypeName(dtype)}_{c.Name}");
-    }
-
-    /// <summary>
-    /// The fused kernels on their fallback threads (used where libtorch's OpenMP team cannot be shared),
-    /// over the same sweep: the sweep's larger cases split across threads either way.
-    /// </summary>
-    [TestCaseSource(nameof(OwnThreadsCases))]
-    public void MatchesNativeGroupNormOnOwnThreads(ParityCase c, ScalarType dtype)
-    {
-        using var own = ParallelFor.Force(ParallelBackend.KernelThreads);
-        ParityCheck.Run(c, dtype, KernelPath.Default, torch.CPU, "CPU own threads");
-    }
 
     public static IEnumerable<TestCaseData> HalfCases()
     {

@@ -3,6 +3,7 @@ using System.Collections.Generic;
 using System.Linq;
 using System.Runtime.InteropServices;
 using System.Threading;
+using GroupNormalization.Kernels.Cpu;
 using GroupNormalization.Kernels.Threading;
 using GroupNormalization.Tests.Parity;
 using NUnit.Framework;
@@ -37,10 +38,10 @@ public sealed unsafe class LayerThreadingTests
         return (x.DetachFromDisposeScope(), w.DetachFromDisposeScope(), b.DetachFromDisposeScope(), dy.DetachFromDisposeScope());
     }
 
-    private static Run Compute(Tensor x, Tensor w, Tensor b, Tensor dy)
+    private static Run Compute(Tensor x, Tensor w, Tensor b, Tensor dy, Api api = Api.Functional)
     {
         using var scope = torch.NewDisposeScope();
-        var r = Oracle.Ours(KernelPath.Default, x, Groups, w, b, 1e-5, dy);
+        var r = Oracle.Ours(KernelPath.Default, x, Groups, w, b, 1e-5, dy, api: api);
         return new Run(r.Y.DetachFromDisposeScope(), r.Dx!.DetachFromDisposeScope(), r.Dweight!.DetachFromDisposeScope(), r.Dbias!.DetachFromDisposeScope());
     }
 
@@ -64,25 +65,40 @@ public sealed unsafe class LayerThreadingTests
         r.Db.Dispose();
     }
 
+    /// <summary>
+    /// Callers on several .NET threads at once, each with its own inputs, through the module or the
+    /// functional form: every result (y and all three gradients) must equal that caller's run on one
+    /// thread alone. Half the callers force split rows, so that both strategies' scratch memory and merges
+    /// run side by side.
+    /// </summary>
     [Test]
-    public void ConcurrentCallersGetTheirOwnResults([Values] bool openMp)
+    public void ConcurrentCallersGetTheirOwnResults([Values] bool openMp, [Values] Api api)
     {
+        StrategyParityTests.RequireBackend(openMp);
         const int callers = 4, rounds = 5;
         var inputs = Enumerable.Range(0, callers).Select(Inputs).ToArray();
-        var expected = inputs.Select(i => Compute(i.X, i.W, i.B, i.Dy)).ToArray();
+        Run[] expected;
+        using (ForcedPlan.Force(RowStrategy.WholeRows, threads: 1))
+            expected = inputs.Select(i => Compute(i.X, i.W, i.B, i.Dy, api)).ToArray();
         var failures = new List<string>();
         var threads = Enumerable.Range(0, callers).Select(k => new Thread(() =>
         {
             try
             {
                 using var forced = ParallelForTests.Force(openMp);
+                using var split = k % 2 == 1 ? ForcedPlan.Force(RowStrategy.SplitRows, threads: 2) : null;
                 for (int round = 0; round < rounds; round++)
                 {
-                    var actual = Compute(inputs[k].X, inputs[k].W, inputs[k].B, inputs[k].Dy);
-                    if (TestTensors.RelativeError(actual.Y, expected[k].Y) > 1e-13 || TestTensors.RelativeError(actual.Dx, expected[k].Dx) > 1e-13)
-                        lock (failures) failures.Add($"caller {k}, round {round}");
+                    var actual = Compute(inputs[k].X, inputs[k].W, inputs[k].B, inputs[k].Dy, api);
+                    foreach (var (name, error) in Errors(actual, expected[k]))
+                    {
+                        if (error > 1e-13)
+                            lock (failures) failures.Add($"caller {k}, round {round}: {name} differs from its single-threaded run by {error:E2}");
+                    }
                     Dispose(actual);
                 }
+                if (split is not null && split.Plans.Any(p => p.Blocks < 2))
+                    lock (failures) failures.Add($"caller {k}: a forced split was not planned");
             }
 #pragma warning disable CA1031 // Reported through the assertion below, on the test's thread.
             catch (Exception e)
@@ -95,6 +111,46 @@ public sealed unsafe class LayerThreadingTests
         threads.ForEach(t => t.Join());
         Assert.That(failures, Is.Empty);
         foreach (var r in expected) Dispose(r);
+    }
+
+    private static (string Name, double Error)[] Errors(Run actual, Run expected) => new[]
+    {
+        ("y", TestTensors.RelativeError(actual.Y, expected.Y)),
+        ("dx", TestTensors.RelativeError(actual.Dx, expected.Dx)),
+        ("dweight", TestTensors.RelativeError(actual.Dw, expected.Dw)),
+        ("dbias", TestTensors.RelativeError(actual.Db, expected.Db)),
+    };
+
+    /// <summary>
+    /// The parallel runtime really runs a loop's work on more than one thread, on each backend: a real
+    /// forward and backward with two threads asked for must see a second thread run work items. The
+    /// recording holds the first thread's chunk until a second thread runs one (or 5 s pass), so that a
+    /// caller that finishes every item before a worker wakes cannot make a working runtime look serial.
+    /// </summary>
+    [Test]
+    public void KernelWorkRunsOnMoreThanOneThread([Values] bool openMp)
+    {
+        StrategyParityTests.RequireBackend(openMp);
+        var (x, w, b, dy) = Inputs(10);
+        int caller = Environment.CurrentManagedThreadId;
+        IReadOnlyCollection<int> seen;
+        using (ParallelForTests.Force(openMp))
+        using (ForcedPlan.Force(threads: 2))
+        using (var recording = ExecutingThreads.Record(TimeSpan.FromSeconds(5)))
+        {
+            Dispose(Compute(x, w, b, dy));
+            Assert.That(ParallelFor.LastThreads, Is.EqualTo(2), "threads backward's loop was given");
+            seen = recording.Threads;
+        }
+        Assert.Multiple(() =>
+        {
+            Assert.That(seen, Has.Count.GreaterThan(1), "distinct threads that ran work items of a forward and backward");
+            Assert.That(seen, Does.Contain(caller), "the caller works too");
+        });
+        x.Dispose();
+        w.Dispose();
+        b.Dispose();
+        dy.Dispose();
     }
 
     /// <summary>Backward runs on whichever thread calls it; here not forward's, and with no dispose scope.</summary>

@@ -41,19 +41,27 @@ internal readonly unsafe record struct WorkPlan(ChannelLayout Layout, long Rows,
         long rowLength = layout == ChannelLayout.ChannelsFirst ? s.GroupSize : s.S;
         long rowElements = layout == ChannelLayout.ChannelsFirst ? s.GroupSize : s.S * s.C;
 
+        // Tests fix the strategy and thread count (ForcedPlan); otherwise they follow from the shape.
+        var forced = ForcedPlan.Current;
         // libtorch's own thread count, so that torch.set_num_threads applies to these kernels too.
-        int threads = s.Numel < SerialElements ? 1 : Math.Max(1, torch.get_num_threads());
+        int threads = forced?.Threads ?? (s.Numel < SerialElements ? 1 : Math.Max(1, torch.get_num_threads()));
         int blocks = 1;
+        if (forced?.Strategy is { } strategy)
+        {
+            if (strategy == RowStrategy.SplitRows) blocks = ForcedPlan.SplitBlocks(rows, rowLength, threads);
+        }
         // Whole rows per thread keep each row in cache between its statistics and its output, and skip
         // the split's merge and second round of work items; they only pay off when the rows balance the
         // threads: many rows, or a multiple of the thread count (2 samples on 2 threads).
-        if (threads > 1 && rows < 4L * threads && rows > 0 && (rows < threads || rows % threads != 0))
+        else if (threads > 1 && rows < 4L * threads && rows > 0 && (rows < threads || rows % threads != 0))
         {
             long want = (4L * threads + rows - 1) / rows;
             long most = Math.Max(1, Math.Min(rowLength, rowElements / MinBlockElements));
             blocks = (int)Math.Clamp(want, 1, most);
         }
-        return new WorkPlan(layout, rows, rowLength, blocks, threads);
+        var plan = new WorkPlan(layout, rows, rowLength, blocks, threads);
+        forced?.Record(plan);
+        return plan;
     }
 
     public (long Start, long End) BlockRange(long block) =>

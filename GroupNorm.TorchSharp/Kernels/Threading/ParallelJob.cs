@@ -76,6 +76,7 @@ internal unsafe struct ParallelJob
 
     private void Run(long start, long end)
     {
+        ExecutingThreads.Note();
         try
         {
             _body(_state, start, end);
