@@ -41,8 +41,15 @@ public sealed class PyTorchFixtureTests
     // thousand elements; PyTorch's float32 results sit 1e-7 to 6e-7 from float64 on these fixtures.
     private const double Float32Tolerance = 1e-5;
 
-    // bfloat16 keeps 8 significant bits: one rounding of the output is up to 2^-9 ≈ 2e-3 of its value.
-    private const double HalfTolerance = 1e-2;
+    // One rounding of an output to the dtype is up to 2^-9 ≈ 2e-3 of max|reference| for bfloat16 (8
+    // significant bits) and 2^-12 ≈ 2.4e-4 for float16 (11 bits); as in the parity tests
+    // (HalfPrecisionMatchesNativeInFloat32), the limits leave a few roundings of headroom.
+    private const double BFloat16Tolerance = 1e-2;
+    private const double Float16Tolerance = 2e-3;
+
+    // float32's error in a result before its one rounding to a half type, as a fraction of the tensor's
+    // scale: a few roundings of 2^-24 ≈ 6e-8.
+    private const double HalfRoundingSlack = 1e-6;
 
     public static IEnumerable<TestCaseData> FixtureFiles()
     {
@@ -138,7 +145,12 @@ public sealed class PyTorchFixtureTests
         var exact = fx.Load("f64." + stored);
         double vsExact = RelativeError(ours, exact);
         double torchVsExact = RelativeError(reference, exact);
-        double tolerance = fx.Dtype == ScalarType.Float32 ? Float32Tolerance : HalfTolerance;
+        double tolerance = fx.Dtype switch
+        {
+            ScalarType.Float32 => Float32Tolerance,
+            ScalarType.Float16 => Float16Tolerance,
+            _ => BFloat16Tolerance,
+        };
         report.AppendLine(CultureInfo.InvariantCulture, $"  {label,-22} {vsRef,11:E2}   {vsExact,11:E2}   {torchVsExact,11:E2}");
 
         if (fx.LargeMean)
@@ -154,6 +166,38 @@ public sealed class PyTorchFixtureTests
         // Against PyTorch's result, both sides' errors add up.
         yield return new Check($"{label} vs float64", vsExact, Math.Max(tolerance, 2 * torchVsExact));
         yield return new Check($"{label} vs PyTorch {fx.Dtype}", vsRef, tolerance + 3 * torchVsExact);
+        // A scale-relative bound cannot tell one rounding from two: truncating instead of rounding costs at
+        // most one ulp of the largest element (float16: 2^-10 < 2e-3). Per element, a result computed in
+        // float32 and rounded once to nearest is within half an ulp of the exact value, plus float32's own
+        // error (measured: at most 1e-8 of the tensor's scale beyond the half ulp, on every output of both
+        // half dtypes).
+        if (fx.Dtype == ScalarType.Float32) yield break;
+        double excess = BeyondHalfAnUlp(ours, exact, fx.Dtype);
+        report.AppendLine(CultureInfo.InvariantCulture, $"  {label,-22} beyond half an ulp: {excess:E2}");
+        yield return new Check($"{label} vs float64, per element beyond half a {fx.Dtype} ulp", excess, HalfRoundingSlack);
+    }
+
+    /// <summary>
+    /// max(|ours − exact| − ulp(exact)/2) / max|exact| over elements, with the ulp in <paramref name="dtype"/>
+    /// of each exact value (constant below the dtype's normal range): ≤ 0 when
+    /// every element is the exact value rounded to nearest.
+    /// </summary>
+    private static double BeyondHalfAnUlp(Tensor actual, Tensor expected, ScalarType dtype)
+    {
+        var (fractionBits, minExponent) = dtype switch
+        {
+            ScalarType.Float16 => (10, -14),
+            ScalarType.BFloat16 => (7, -126),
+            _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "not a half-precision dtype"),
+        };
+        using var scope = torch.NewDisposeScope();
+        var a = actual.to(ScalarType.Float64);
+        var e = expected.to(ScalarType.Float64);
+        var ulp = torch.pow(2.0, e.abs().clamp_min(Math.Pow(2, minExponent)).log2().floor() - fractionBits);
+        double beyond = ((a - e).abs() - 0.5 * ulp).max().item<double>();
+        double scale = e.abs().max().item<double>();
+        if (double.IsNaN(beyond) || double.IsNaN(scale)) return double.PositiveInfinity;
+        return scale > 0 ? beyond / scale : beyond;
     }
 
     /// <summary>

@@ -1,3 +1,4 @@
+using System;
 using System.Globalization;
 using GroupNormalization.Tests.Parity;
 using NUnit.Framework;
@@ -46,7 +47,25 @@ public sealed class HalfPrecisionTests
             Assert.That(ours.Dbias!.dtype, Is.EqualTo(parameterType), "dbias keeps the parameter's dtype");
         });
         Compare(ours, native, exact, $"{dtype} {layout} mean {mean} parameters {parameterType}");
+
+        // Also absolutely, whatever libtorch's error: each output is computed in float32 from exact inputs and
+        // rounded once, so it is within half an ulp of its largest element (2^-11 of max|exact| for float16,
+        // 2^-8 for bfloat16, 0 for float32) plus float32's own error, a few 2^-24 (1e-6 leaves room).
+        Assert.Multiple(() =>
+        {
+            Assert.That(Err(ours.Y, exact.Y), Is.LessThanOrEqualTo(OneRounding(dtype) + 1e-6), "y vs float64");
+            Assert.That(Err(ours.Dx!, exact.Dx!), Is.LessThanOrEqualTo(OneRounding(dtype) + 1e-6), "dx vs float64");
+            Assert.That(Err(ours.Dweight!, exact.Dweight!), Is.LessThanOrEqualTo(OneRounding(parameterType) + 1e-6), "dweight vs float64");
+            Assert.That(Err(ours.Dbias!, exact.Dbias!), Is.LessThanOrEqualTo(OneRounding(parameterType) + 1e-6), "dbias vs float64");
+        });
     }
+
+    private static double OneRounding(ScalarType dtype) => dtype switch
+    {
+        ScalarType.Float16 => Math.Pow(2, -11),
+        ScalarType.BFloat16 => Math.Pow(2, -8),
+        _ => 0,
+    };
 
     private static void Compare(GroupNormResult ours, GroupNormResult native, GroupNormResult exact, string label)
     {
