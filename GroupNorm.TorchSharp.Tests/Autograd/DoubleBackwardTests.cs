@@ -92,8 +92,14 @@ public sealed class DoubleBackwardTests
             var g = torch.autograd.grad(new[] { y }, new[] { xl, wl, bl }, new[] { dyLeaf ?? dyi }, create_graph: record, retain_graph: record);
             var s = (g[0] * u).sum() + (g[1] * v).sum() + (g[2] * t).sum();
             if (!record) return s.item<double>();
-            var analytic = torch.autograd.grad(new[] { s }, new[] { dyLeaf! })[0];
-            dyLeaf = analytic;
+            if (!s.requires_grad)
+            {
+                dyLeaf = torch.zeros_like(dyi);
+                return s.item<double>();
+            }
+            // allow_unused: a backward that lost dy's graph must fail this test, not end the process.
+            var analytic = torch.autograd.grad(new[] { s }, new[] { dyLeaf! }, allow_unused: true)[0];
+            dyLeaf = analytic is null || analytic.IsInvalid ? torch.zeros_like(dyi) : analytic;
             return s.item<double>();
         }
 
@@ -173,6 +179,8 @@ public sealed class DoubleBackwardTests
         if (use.Dw) terms.Add((first[1] * p.V).sum());
         if (use.Db) terms.Add((first[2] * p.T).sum());
         var s = terms.Aggregate((a, c) => a + c);
+        // A backward that recorded nothing leaves s without a graph; autograd.grad would end the process.
+        if (!s.requires_grad) return leaves.Select(l => torch.zeros_like(l)).ToArray();
         // allow_unused: dbias does not depend on x or weight without an activation, and TorchSharp
         // terminates the process when autograd.grad meets an input outside the graph otherwise.
         var second = torch.autograd.grad(new[] { s }, leaves, allow_unused: true);

@@ -91,7 +91,7 @@ public sealed class GradientCheckTests
 
         double error = ScaledError(analytic, numeric);
         TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"Jacobian: max|analytic − numeric| / max(1, max|numeric|) = {error:E2}"));
-        Assert.That(error, Is.LessThanOrEqualTo(FiniteDifferenceTolerance));
+        Assert.That(error, Is.LessThanOrEqualTo(FiniteDifferenceTolerance), "Jacobian of y against central differences");
     }
 
     /// <summary>

@@ -54,10 +54,11 @@ public sealed class GradientRequestTests
                 var (native, _) = Gradients(path, activation, x, w, b, dy, xGrad, wGrad, bGrad, ours: false);
                 // Read right after backward: the next GroupNorm call on this thread releases them.
                 Assert.That(held.Count, Is.EqualTo(requested), $"{activation}: gradients backward computed; shapes [{string.Join("; ", held.Select(h => string.Join("x", h)))}]");
+                var names = new[] { (xGrad, "dx"), (wGrad, "dweight"), (bGrad, "dbias") }.Where(p => p.Item1).Select(p => p.Item2).ToArray();
                 for (int i = 0; i < ours.Count; i++)
                 {
                     double error = TestTensors.RelativeError(ours[i], native[i]);
-                    Assert.That(error, Is.LessThanOrEqualTo(ParityCheck.Float32Tolerance), $"{activation}: gradient {i} of the requested ones against libtorch");
+                    Assert.That(error, Is.LessThanOrEqualTo(ParityCheck.Float32Tolerance), $"{activation}: {names[i]} against libtorch");
                 }
                 if (xGrad && layout == Layout.ChannelsLast)
                     Assert.That(TestTensors.IsChannelsLast(ours[0]), Is.True, $"{activation}: dx lost the channels_last format");
