@@ -11,7 +11,8 @@ namespace GroupNormalization.Tests.Parity;
 
 /// <summary>
 /// Groups of one or two elements. With one element the variance is 0: y = β, and dx and dweight are 0
-/// in exact arithmetic, so both implementations return pure cancellation noise. With two, dx carries the
+/// in exact arithmetic, so a kernel that rounds its coefficients separately returns cancellation noise
+/// (libtorch may; ours must not, see <see cref="OneElementGroupsGiveExactAnswers"/>). With two, dx carries the
 /// factor 1 − x̂² = eps / (σ² + eps), a cancellation of two numbers near 1. Errors here are measured
 /// against the size of the terms that cancel (|x|·r·|γ| for y, r·|γ|·|dy| for dx,
 /// N·S·|dy|·|x|·r for dweight), which is where the rounding of either side lives.
