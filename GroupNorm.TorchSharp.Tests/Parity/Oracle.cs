@@ -138,10 +138,17 @@ internal static class TestTensors
 {
     /// <summary>
     /// max|actual − expected| / max|expected|, in float64: relative to the tensor's scale, so that entries
-    /// that happen to be near zero do not dominate. Empty tensors have no error. A NaN anywhere gives +∞:
-    /// NUnit orders NaN below every number, so a NaN error would pass any "less than" bound.
+    /// that happen to be near zero do not dominate. <see cref="ScaledError"/> with no floor.
     /// </summary>
-    public static double RelativeError(Tensor actual, Tensor expected)
+    public static double RelativeError(Tensor actual, Tensor expected) => ScaledError(actual, expected, 0);
+
+    /// <summary>
+    /// max|actual − expected| / max(max|expected|, <paramref name="scale"/>), in float64: the error against
+    /// the larger of the result's size and a scale the caller knows the rounding lives at. Empty tensors
+    /// have no error. Any NaN, and any infinity not matched by the same infinity at the same place, gives
+    /// +∞: NUnit orders NaN below every number, so a NaN error would pass any "less than" bound.
+    /// </summary>
+    public static double ScaledError(Tensor actual, Tensor expected, double scale)
     {
         if (!actual.shape.SequenceEqual(expected.shape))
             throw new ArgumentException($"Shapes differ: [{string.Join(", ", actual.shape)}] vs [{string.Join(", ", expected.shape)}].", nameof(actual));
@@ -149,9 +156,16 @@ internal static class TestTensors
         using var scope = torch.NewDisposeScope();
         var a = actual.detach().cpu().to(ScalarType.Float64);
         var e = expected.detach().cpu().to(ScalarType.Float64);
-        double diff = (a - e).abs().max().item<double>();
-        double scale = Math.Max(e.abs().max().item<double>(), double.Epsilon);
-        return double.IsNaN(diff) || double.IsNaN(scale) ? double.PositiveInfinity : diff / scale;
+        if (a.isnan().any().item<bool>() || e.isnan().any().item<bool>()) return double.PositiveInfinity;
+        // Equal infinities are no error; everywhere else the finite difference is measured.
+        var same = a.eq(e);
+        if (!same.logical_or(a.isfinite().logical_and(e.isfinite())).all().item<bool>()) return double.PositiveInfinity;
+        double diff = torch.where(same, torch.zeros_like(a), a - e).abs().max().item<double>();
+        var finite = e.isfinite();
+        double reference = finite.any().item<bool>() ? e.masked_select(finite).abs().max().item<double>() : 0;
+        double denominator = Math.Max(Math.Max(reference, scale), double.Epsilon);
+        double error = diff / denominator;
+        return double.IsNaN(error) ? double.PositiveInfinity : error;
     }
 
     /// <summary>Same shape and bit-for-bit the same values.</summary>

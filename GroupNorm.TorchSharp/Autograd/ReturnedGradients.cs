@@ -24,6 +24,12 @@ internal static class ReturnedGradients
     [System.ThreadStatic]
     private static List<Tensor>? t_held;
 
+    /// <summary>
+    /// The gradients the last backward on this thread returned, until the next call releases them: tests
+    /// read which ones backward computed (those whose inputs did not require grad must be absent).
+    /// </summary>
+    internal static IReadOnlyList<Tensor> Held => (IReadOnlyList<Tensor>?)t_held ?? System.Array.Empty<Tensor>();
+
     /// <summary>Keeps <paramref name="gradient"/>'s handle (out of every dispose scope) until the next call on this thread.</summary>
     public static void Hold(Tensor? gradient)
     {

@@ -32,7 +32,19 @@ internal static class DeviceGenericKernel
 
         var (scale, shift) = ScaleShift(mean, rstd, weight, bias, s, opmath);
         var broadcast = BroadcastShape(x.ndim, s);
-        var y = torch.addcmul(shift.reshape(broadcast), x, scale.reshape(broadcast), 1);
+        Tensor y;
+        if (s.GroupSize == 1)
+        {
+            // One element per group: x − μ is exactly 0 and y must be exactly β. The folded form
+            // x·scale + (β − μ·scale) leaves the rounding of μ·scale behind, so these groups are centred
+            // first (x has exactly the broadcast shape here, as D = S = 1).
+            y = (grouped - mean.unsqueeze(2)).reshape(broadcast).mul_(scale.reshape(broadcast));
+            if (bias is not null) y = y.add_(bias.to(opmath).view(broadcast[1..]));
+        }
+        else
+        {
+            y = torch.addcmul(shift.reshape(broadcast), x, scale.reshape(broadcast), 1);
+        }
         // In the opmath type, before a half input's output is rounded once.
         if (activation == Activation.SiLU) y = y.silu_();
         else if (activation == Activation.ReLU) y = y.relu_();
@@ -61,7 +73,17 @@ internal static class DeviceGenericKernel
         {
             // The pre-activation, rebuilt as forward formed it rather than saved; from here on dy is dz.
             var (scale, shift) = ScaleShift(mean.to(opmath), r.view(s.N, s.G), weight, bias, s, opmath);
-            var z = torch.addcmul(shift.unsqueeze(3), xs, scale.unsqueeze(3), 1);
+            Tensor z;
+            if (s.GroupSize == 1)
+            {
+                // Centred, as forward forms one-element groups: z is exactly β there.
+                z = centred * scale.unsqueeze(3);
+                if (bias is not null) z = z.add_(bias.to(opmath).view(1, s.G, s.D, 1));
+            }
+            else
+            {
+                z = torch.addcmul(shift.unsqueeze(3), xs, scale.unsqueeze(3), 1);
+            }
             dys = ActivationGradient(dys, z, activation);
         }
         var sumA = dys.sum(dim: 3);                // A[n, g, j] = Σ_s dy
@@ -71,15 +93,21 @@ internal static class DeviceGenericKernel
         if (need.Input)
         {
             var gamma = weight?.to(opmath).view(1, s.G, s.D);
-            var gammaA = (gamma is null ? sumA : sumA * gamma).sum(dim: 2, keepdim: true);
+            var a = gamma is null ? r : r * gamma;
+            // k from a as rounded, as in GroupNormMath: a·dz + k is then exactly 0 in a one-element group.
+            var scaleA = (sumA * a).sum(dim: 2, keepdim: true);
             var gammaB = (gamma is null ? sumB : sumB * gamma).sum(dim: 2, keepdim: true);
             double inv = s.GroupSize == 0 ? 0 : 1.0 / s.GroupSize;
             var b = r.pow(3).mul_(gammaB).mul_(-inv);
-            var k = (r * gammaA).mul_(-inv);
-            var a = gamma is null ? r : r * gamma;
-            dx = torch.addcmul(k.unsqueeze(3), centred, b.unsqueeze(3), 1)
-                .addcmul_(dys, a.unsqueeze(3), 1)
-                .reshape(x.shape);
+            var k = scaleA.mul_(-inv);
+            // One element per group: a·dz + k is exactly 0 only if a·dz is rounded on its own, and libtorch's
+            // addcmul may fuse it into k + a·dz with one rounding, leaving a·dz's rounding error as dx. An
+            // extra pass there, none for every other shape.
+            dx = s.GroupSize == 1
+                ? (dys * a.unsqueeze(3)).add_(k.unsqueeze(3)).addcmul_(centred, b.unsqueeze(3), 1).reshape(x.shape)
+                : torch.addcmul(k.unsqueeze(3), centred, b.unsqueeze(3), 1)
+                    .addcmul_(dys, a.unsqueeze(3), 1)
+                    .reshape(x.shape);
             if (dx.dtype != x.dtype) dx = dx.to(x.dtype);
             dx = MatchLayout(dx, x);
         }

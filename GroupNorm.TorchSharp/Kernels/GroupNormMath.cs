@@ -25,11 +25,18 @@ namespace GroupNormalization.Kernels;
 ///           dx      = a[n,c]·dy + b[n,g]·(x − μ) + k[n,g], with
 ///               a = r·γ[c]
 ///               b = −r³ · (1/M) Σ_{c∈g} γ[c]·B[n,c]
-///               k = −r  · (1/M) Σ_{c∈g} γ[c]·A[n,c]
+///               k = −(1/M) Σ_{c∈g} a[c]·A[n,c]          (= −r·(1/M) Σ γ[c]·A[n,c])
 /// </code>
 /// The dx line is r·(g − mean(g) − x̂·mean(g·x̂)) with g = γ·dz and x̂ = (x − μ)·r, expanded so that one
 /// pass over (x, dy) can write dx. Kernels keep x − μ as written rather than folding −b·μ into k,
 /// because in float32 b·x and k would cancel when |μ| ≫ σ.
+/// <para>
+/// k is formed from a as the kernels round it, not from r and γ separately: then a·dz + k is the
+/// deviation of a·dz from its group mean with the same a on both sides. For a group of one element
+/// (D·S = 1) x − μ = 0 exactly, so b·(x − μ) = 0 and k = −a·dz: dx comes out exactly 0, as it is in exact
+/// arithmetic. With a and k rounded from r·γ separately, dx was an ulp of a·dz instead (up to 6e-5 in
+/// float32 at r = 1/√ε).
+/// </para>
 /// <para>
 /// The kernels' per-channel coefficients are set up here too, in float64 and then rounded once to the
 /// arithmetic type T. μ is split as μhi + μlo (<see cref="SplitMean{T}"/>): loops form x − μhi, which is
@@ -40,13 +47,20 @@ internal static class GroupNormMath
 {
     public static double Rstd(double biasedVariance, double eps) => 1.0 / Math.Sqrt(biasedVariance + eps);
 
-    /// <summary>b and k of the dx formula for one (n, g), from the γ-weighted sums over the group's channels.</summary>
-    public static (double B, double K) InputGradientCoefficients(double rstd, double gammaA, double gammaB, double groupSize)
+    /// <summary>
+    /// b and k of the dx formula for one (n, g), from the group's sums Σ a[c]·A[n,c] (a as the kernel rounds
+    /// it, see <see cref="Scale{T}"/>) and Σ γ[c]·B[n,c].
+    /// </summary>
+    public static (double B, double K) InputGradientCoefficients(double rstd, double scaleA, double gammaB, double groupSize)
     {
         if (groupSize == 0) return (0, 0);
         double inv = 1.0 / groupSize;
-        return (-rstd * rstd * rstd * gammaB * inv, -rstd * gammaA * inv);
+        return (-rstd * rstd * rstd * gammaB * inv, -scaleA * inv);
     }
+
+    /// <summary>a = r·γ[c], rounded to T: the scale of the output and the coefficient of dz in dx.</summary>
+    public static T Scale<T>(double rstd, double gamma) where T : unmanaged, IFloatingPointIeee754<T> =>
+        T.CreateTruncating(rstd * gamma);
 
     /// <summary>
     /// The output's constants for channel c: z = (x − μhi)·scale + shift with scale = a = r·γ[c] and
@@ -55,17 +69,17 @@ internal static class GroupNormMath
     public static (T Scale, T Shift) OutputCoefficients<T>(double rstd, double meanLo, double gamma, double beta)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
-        T scale = T.CreateTruncating(rstd * gamma);
+        T scale = Scale<T>(rstd, gamma);
         return (scale, T.CreateTruncating(beta - meanLo * double.CreateTruncating(scale)));
     }
 
     /// <summary>
     /// b and k of the dx formula in T, for loops that form x − μhi: dx = a·dz + b·(x − μhi) + (k − b·μlo).
     /// </summary>
-    public static (T B, T K) InputGradientCoefficients<T>(double rstd, double gammaA, double gammaB, double groupSize, double meanLo)
+    public static (T B, T K) InputGradientCoefficients<T>(double rstd, double scaleA, double gammaB, double groupSize, double meanLo)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
-        var (b, k) = InputGradientCoefficients(rstd, gammaA, gammaB, groupSize);
+        var (b, k) = InputGradientCoefficients(rstd, scaleA, gammaB, groupSize);
         T bt = T.CreateTruncating(b);
         return (bt, T.CreateTruncating(k - double.CreateTruncating(bt) * meanLo));
     }

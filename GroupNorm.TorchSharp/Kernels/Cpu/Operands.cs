@@ -60,14 +60,15 @@ internal readonly unsafe struct GroupConstants<T>
     /// </summary>
     public (T B, T K) InputGradient(long firstChannel, long channels, double* sumA, double* sumB, double groupSize)
     {
-        double gammaA = 0, gammaB = 0;
+        double scaleA = 0, gammaB = 0;
         for (long j = 0; j < channels; j++)
         {
             double gamma = Gamma(firstChannel + j);
-            gammaA += gamma * sumA[j];
+            // a as the loops multiply dz by it, so that k cancels a·dz exactly where it should (GroupNormMath's remarks).
+            scaleA += double.CreateTruncating(GroupNormMath.Scale<T>(_rstd, gamma)) * sumA[j];
             gammaB += gamma * sumB[j];
         }
-        return GroupNormMath.InputGradientCoefficients<T>(_rstd, gammaA, gammaB, groupSize, _meanLo);
+        return GroupNormMath.InputGradientCoefficients<T>(_rstd, scaleA, gammaB, groupSize, _meanLo);
     }
 
     private double Gamma(long c) => _weight == null ? 1.0 : double.CreateTruncating(_weight[c]);

@@ -1,0 +1,189 @@
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+using System.Linq;
+using GroupNormalization.Kernels;
+using GroupNormalization.Tests.Parity;
+using NUnit.Framework;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GroupNormalization.Tests.Autograd;
+
+/// <summary>
+/// Double backward through the incoming gradient dy (as a gradient penalty or a Hessian-vector product
+/// by forward-over-reverse needs it), with every subset of the first backward's outputs used, and the
+/// layout of dx when the backward is recorded.
+/// </summary>
+[TestFixture]
+public sealed class DoubleBackwardTests
+{
+    private const double Eps = 1e-5;
+    private const long Groups = 3;
+    private static readonly long[] Shape = { 2, 6, 3, 4 };
+
+    /// <summary>Which of dx, dweight and dbias the second-order quantity s uses.</summary>
+    private static readonly (string Name, bool Dx, bool Dw, bool Db)[] Uses =
+    {
+        ("dx+dweight+dbias", true, true, true),
+        ("dx", true, false, false),
+        ("dweight", false, true, false),
+        ("dbias", false, false, true),
+    };
+
+    /// <summary>
+    /// s = (dx·u).sum() + (dweight·v).sum() + (dbias·t).sum() (or part of it) with the first gradients taken
+    /// with create_graph; ∂s/∂dy, ∂s/∂x, ∂s/∂weight and ∂s/∂bias must match libtorch's double backward.
+    /// Using only part of the first gradients sends undefined gradients into the recorded backward.
+    /// </summary>
+    [Test]
+    public void DerivativesThroughTheIncomingGradientMatchNative(
+        [Values] KernelPath path, [Values(Layout.Contiguous, Layout.ChannelsLast)] Layout layout, [Values] Activation activation)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(41);
+        var inputs = Inputs(layout);
+        var lines = new List<string>();
+        Assert.Multiple(() =>
+        {
+            foreach (var use in Uses)
+            {
+                Tensor[] ours;
+                using (path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
+                    ours = SecondOrder((x, w, b) => Functional.group_norm(x, Groups, w, b, Eps, activation), inputs, use);
+                var native = SecondOrder((x, w, b) => Oracle.Activate(torch.nn.functional.group_norm(x, Groups, w, b, Eps), activation), inputs, use);
+                for (int i = 0; i < ours.Length; i++)
+                {
+                    double error = TestTensors.RelativeError(ours[i], native[i]);
+                    lines.Add(string.Create(CultureInfo.InvariantCulture, $"{use.Name}: ∂s/∂{Names[i]} {error:E2}"));
+                    Assert.That(error, Is.LessThanOrEqualTo(ParityCheck.Float64Tolerance), $"s of {use.Name}: ∂s/∂{Names[i]} against libtorch");
+                }
+            }
+        });
+        TestContext.Out.WriteLine(string.Join("\n", lines));
+    }
+
+    /// <summary>
+    /// ∂s/∂dy against central differences of s, which is linear in dy (so the differences are exact up to
+    /// rounding): a check that does not rely on libtorch.
+    /// </summary>
+    [Test]
+    public void DerivativeThroughTheIncomingGradientMatchesFiniteDifferences([Values] KernelPath path, [Values(Activation.None, Activation.SiLU)] Activation activation)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(42);
+        var shape = new long[] { 2, 4, 3 };
+        var x = torch.randn(shape, ScalarType.Float64);
+        var w = torch.rand(4, ScalarType.Float64) + 0.5;
+        var b = torch.randn(4, ScalarType.Float64);
+        var dy = torch.randn(shape, ScalarType.Float64);
+        var u = torch.randn(shape, ScalarType.Float64);
+        var v = torch.randn(4, ScalarType.Float64);
+        var t = torch.randn(4, ScalarType.Float64);
+        using var forced = path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null;
+
+        double S(Tensor dyi, bool record, out Tensor? dyLeaf)
+        {
+            var xl = x.detach().requires_grad_();
+            var wl = w.detach().requires_grad_();
+            var bl = b.detach().requires_grad_();
+            dyLeaf = record ? dyi.detach().requires_grad_() : null;
+            var y = Functional.group_norm(xl, 2, wl, bl, Eps, activation);
+            var g = torch.autograd.grad(new[] { y }, new[] { xl, wl, bl }, new[] { dyLeaf ?? dyi }, create_graph: record, retain_graph: record);
+            var s = (g[0] * u).sum() + (g[1] * v).sum() + (g[2] * t).sum();
+            if (!record) return s.item<double>();
+            if (!s.requires_grad)
+            {
+                dyLeaf = torch.zeros_like(dyi);
+                return s.item<double>();
+            }
+            // allow_unused: a backward that lost dy's graph must fail this test, not end the process.
+            var analytic = torch.autograd.grad(new[] { s }, new[] { dyLeaf! }, allow_unused: true)[0];
+            dyLeaf = analytic is null || analytic.IsInvalid ? torch.zeros_like(dyi) : analytic;
+            return s.item<double>();
+        }
+
+        S(dy, record: true, out var ours);
+        const double step = 1e-3;
+        var numeric = torch.zeros(dy.numel(), ScalarType.Float64);
+        var unit = torch.eye(dy.numel(), dtype: ScalarType.Float64);
+        for (long i = 0; i < dy.numel(); i++)
+        {
+            var e = step * unit[i].reshape(shape);
+            numeric[i] = (S(dy + e, false, out _) - S(dy - e, false, out _)) / (2 * step);
+        }
+        double error = TestTensors.ScaledError(ours!.flatten(), numeric, 1.0);
+        TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"∂s/∂dy vs finite differences: {error:E2}"));
+        // s is linear in dy: the differences carry only the rounding of s, ~1e-16·|s|/step.
+        Assert.That(error, Is.LessThanOrEqualTo(1e-9), "∂s/∂dy against central differences");
+    }
+
+    /// <summary>
+    /// dx of a channels_last input keeps channels_last when backward is recorded (create_graph), as it does
+    /// otherwise, and its values match libtorch's; y's layout is checked alongside.
+    /// </summary>
+    [Test]
+    public void RecordedBackwardKeepsTheInputsLayout([Values] KernelPath path, [Values(ScalarType.Float32, ScalarType.Float64)] ScalarType dtype, [Values] bool record)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(43);
+        var x = TestTensors.Input(Shape, Layout.ChannelsLast, dtype, torch.CPU);
+        var w = torch.rand(Shape[1], dtype) + 0.5;
+        var b = torch.randn(Shape[1], dtype);
+        var dy = TestTensors.Input(Shape, Layout.ChannelsLast, dtype, torch.CPU);
+
+        Tensor dx;
+        using (path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
+        {
+            var xl = x.detach().requires_grad_();
+            var y = Functional.group_norm(xl, Groups, w.detach().requires_grad_(), b, Eps, Activation.SiLU);
+            Assert.That(TestTensors.IsChannelsLast(y), Is.True, "y lost the channels_last format");
+            dx = torch.autograd.grad(new[] { y }, new[] { xl }, new[] { dy }, create_graph: record, retain_graph: record)[0];
+        }
+        var native = Oracle.Native(x, Groups, w, b, Eps, dy, Activation.SiLU);
+        double tolerance = dtype == ScalarType.Float64 ? ParityCheck.Float64Tolerance : ParityCheck.Float32Tolerance;
+        Assert.Multiple(() =>
+        {
+            Assert.That(TestTensors.IsChannelsLast(dx), Is.True, $"dx lost the channels_last format (create_graph: {record})");
+            Assert.That(TestTensors.RelativeError(dx, native.Dx!), Is.LessThanOrEqualTo(tolerance), "dx against libtorch");
+        });
+    }
+
+    private static readonly string[] Names = { "dy", "x", "weight", "bias" };
+
+    private sealed record SecondOrderInputs(Tensor X, Tensor W, Tensor B, Tensor Dy, Tensor U, Tensor V, Tensor T);
+
+    private static SecondOrderInputs Inputs(Layout layout) => new(
+        TestTensors.Input(Shape, layout, ScalarType.Float64, torch.CPU),
+        torch.rand(Shape[1], ScalarType.Float64) + 0.5,
+        torch.randn(Shape[1], ScalarType.Float64),
+        TestTensors.Input(Shape, layout, ScalarType.Float64, torch.CPU),
+        torch.randn(Shape, ScalarType.Float64),
+        torch.randn(Shape[1], ScalarType.Float64),
+        torch.randn(Shape[1], ScalarType.Float64));
+
+    /// <summary>∂s/∂dy, ∂s/∂x, ∂s/∂weight, ∂s/∂bias (zeros where s does not depend on one).</summary>
+    private static Tensor[] SecondOrder(Func<Tensor, Tensor, Tensor, Tensor> groupNorm, SecondOrderInputs p,
+        (string Name, bool Dx, bool Dw, bool Db) use)
+    {
+        var dyl = p.Dy.detach().requires_grad_();
+        var xl = p.X.detach().requires_grad_();
+        var wl = p.W.detach().requires_grad_();
+        var bl = p.B.detach().requires_grad_();
+        var leaves = new[] { dyl, xl, wl, bl };
+        var y = groupNorm(xl, wl, bl);
+        // TorchSharp does not imply retain_graph from create_graph, as PyTorch does.
+        var first = torch.autograd.grad(new[] { y }, new[] { xl, wl, bl }, new[] { dyl }, create_graph: true, retain_graph: true);
+        var terms = new List<Tensor>();
+        if (use.Dx) terms.Add((first[0] * p.U).sum());
+        if (use.Dw) terms.Add((first[1] * p.V).sum());
+        if (use.Db) terms.Add((first[2] * p.T).sum());
+        var s = terms.Aggregate((a, c) => a + c);
+        // A backward that recorded nothing leaves s without a graph; autograd.grad would end the process.
+        if (!s.requires_grad) return leaves.Select(l => torch.zeros_like(l)).ToArray();
+        // allow_unused: dbias does not depend on x or weight without an activation, and TorchSharp
+        // terminates the process when autograd.grad meets an input outside the graph otherwise.
+        var second = torch.autograd.grad(new[] { s }, leaves, allow_unused: true);
+        return second.Select((g, i) => g is null || g.IsInvalid ? torch.zeros_like(leaves[i]) : g).ToArray();
+    }
+}
