@@ -1,5 +1,7 @@
 using System;
+using System.Runtime.InteropServices;
 using System.Threading;
+using System.Threading.Tasks;
 using GroupNormalization.Kernels;
 using GroupNormalization.Kernels.Cpu;
 using GroupNormalization.Kernels.Threading;
@@ -17,8 +19,11 @@ namespace GroupNormalization.Tests.Kernels.Cpu;
 [TestFixture]
 public sealed unsafe class IndexMathTests
 {
-    /// <summary>S = (2¹⁵ + 1)·2¹⁵ = 2³⁰ + 2¹⁵ positions; with C = 4 in one group a group holds 2³² + 2¹⁷ elements.</summary>
-    private const long H = (1L << 15) + 1, W = 1L << 15, S = H * W;
+    /// <summary>
+    /// S = (2¹⁶ + 1)·2¹⁵ = 2³¹ + 2¹⁵ positions, past int in itself (a channels-last row is S positions); with
+    /// C = 4 in one group a group holds 2³³ + 2¹⁷ elements.
+    /// </summary>
+    private const long H = (1L << 16) + 1, W = 1L << 15, S = H * W;
 
     private const long N = 3, C = 4;
 
@@ -34,6 +39,7 @@ public sealed unsafe class IndexMathTests
         {
             Assert.That(shape.S, Is.EqualTo(S), "S");
             Assert.That(shape.GroupSize, Is.EqualTo(C * S), "D·S");
+            Assert.That(shape.S, Is.GreaterThan(int.MaxValue), "S must not fit an int");
             Assert.That(shape.GroupSize, Is.GreaterThan(uint.MaxValue), "the group must not fit 32 bits");
             Assert.That(shape.Rows, Is.EqualTo(N), "rows");
             Assert.That(shape.Numel, Is.EqualTo(N * C * S), "numel");
@@ -121,9 +127,8 @@ public sealed unsafe class IndexMathTests
     }
 
     /// <summary>
-    /// Dense-layout detection multiplies sizes into the expected strides: with planes of 2³⁰ + 2¹⁵ positions
-    /// those products pass 2³¹ (sample stride 4·S) and 2³² (a 5-d sample); a stride equal to the product
-    /// wrapped to 32 bits must not pass.
+    /// Dense-layout detection multiplies sizes into the expected strides: with planes of 2³¹ + 2¹⁵ positions
+    /// those products pass 2³¹; a stride equal to the product wrapped to 32 bits must not pass.
     /// </summary>
     [Test]
     public void DenseLayoutOfHugeShapesUsesSixtyFourBitStrides()
@@ -146,15 +151,25 @@ public sealed unsafe class IndexMathTests
     /// <summary>
     /// The parallel loop over 2³² + 7 items, on both backends: the chunks handed to the body add up to every
     /// item exactly once (their lengths sum to the count, and the last one ends at it). The body only counts.
+    /// A wrapped range would lose items, and the caller would wait for them for ever: hence the time limit,
+    /// and a tally in native memory that outlives a loop left running.
     /// </summary>
     [Test]
     public void ParallelForSplitsMoreThanTwoToTheThirtyTwoItems([Values] bool openMp)
     {
         const long count = (1L << 32) + 7;
-        var tally = new Tally();
-        using (ParallelFor.Force(openMp ? ParallelBackend.OpenMp : ParallelBackend.KernelThreads))
-            ParallelFor.Run(count, 2, &Count, &tally);
-        var (items, maxEnd, minStart) = (tally.Items, tally.MaxEnd, tally.MinStart);
+        var tally = (Tally*)NativeMemory.AllocZeroed((nuint)sizeof(Tally));
+        tally->MinStart = long.MaxValue;
+        var backend = openMp ? ParallelBackend.OpenMp : ParallelBackend.KernelThreads;
+        var run = Task.Run(() =>
+        {
+            using (ParallelFor.Force(backend))
+                ParallelFor.Run(count, 2, &Count, tally);
+        });
+        if (!run.Wait(TimeSpan.FromSeconds(60)))
+            Assert.Fail($"ParallelFor.Run over {count} items did not return within 60 s; {Volatile.Read(ref tally->Items)} items had run");
+        var (items, maxEnd, minStart) = (tally->Items, tally->MaxEnd, tally->MinStart);
+        NativeMemory.Free(tally);
         Assert.Multiple(() =>
         {
             Assert.That(items, Is.EqualTo(count), "items run");
@@ -168,8 +183,6 @@ public sealed unsafe class IndexMathTests
         public long Items;
         public long MaxEnd;
         public long MinStart;
-
-        public Tally() => MinStart = long.MaxValue;
     }
 
     private static void Count(void* state, long start, long end)
