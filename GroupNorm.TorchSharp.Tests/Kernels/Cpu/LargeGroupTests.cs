@@ -12,8 +12,8 @@ namespace GroupNormalization.Tests.Kernels.Cpu;
 /// <summary>
 /// One real group of more than 2³¹ elements through the fused kernels (bfloat16, 4 GiB for x and 4 GiB
 /// for y), with known answers. It needs about 10 GiB of available memory, so it is ignored, with the
-/// reason, where /proc/meminfo says there is less. Explicit: on the 2-core build machine it took 110 s
-/// (52 s to fill the input, 56 s of forward, mostly page faults), far over what the suite and its two
+/// reason, where /proc/meminfo says there is less. Explicit: on the 2-core build machine it took 43–110 s
+/// (17–52 s to fill the input, 26–56 s of forward, mostly page faults), far over what the suite and its two
 /// SIMD-off re-runs can spend; <see cref="IndexMathTests"/> pins the same arithmetic without memory. Run it
 /// with <c>dotnet test --filter TestCategory=LargeMemory</c>.
 /// </summary>
