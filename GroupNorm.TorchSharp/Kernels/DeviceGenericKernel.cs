@@ -150,7 +150,9 @@ internal static class DeviceGenericKernel
                 var sigmoid = z.sigmoid();
                 return dy * sigmoid * (1 + z * (1 - sigmoid));
             case Activation.ReLU:
-                return dy * z.gt(0).to(dy.dtype);
+                // PyTorch's threshold_backward: a select, not a product, so that a NaN dy where z ≤ 0 gives 0
+                // (NaN·0 is NaN) and a NaN z passes dy through.
+                return dy.masked_fill(z.le(0), 0);
             default:
                 return dy;
         }

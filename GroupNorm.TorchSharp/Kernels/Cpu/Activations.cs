@@ -138,12 +138,13 @@ internal struct ReLU : IActivation
 
     public static T Apply<T>(T z) where T : unmanaged, IFloatingPointIeee754<T> => z <= T.Zero ? T.Zero : z;
 
-    // The gradient flows where the output is positive, as PyTorch's threshold_backward decides it.
+    // PyTorch's threshold_backward: 0 where z ≤ 0, dy elsewhere; so a NaN z passes dy through (as its NaN
+    // output does in libtorch), while a NaN dy where z ≤ 0 is dropped. "dy where z > 0" would zero both.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector<T> Gradient<T>(Vector<T> dy, Vector<T> z) where T : unmanaged, IFloatingPointIeee754<T> =>
-        Vector.ConditionalSelect(Vector.GreaterThan(z, Vector<T>.Zero), dy, Vector<T>.Zero);
+        Vector.ConditionalSelect(Vector.LessThanOrEqual(z, Vector<T>.Zero), Vector<T>.Zero, dy);
 
-    public static T Gradient<T>(T dy, T z) where T : unmanaged, IFloatingPointIeee754<T> => z > T.Zero ? dy : T.Zero;
+    public static T Gradient<T>(T dy, T z) where T : unmanaged, IFloatingPointIeee754<T> => z <= T.Zero ? T.Zero : dy;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Apply<T>(ref Vector<T> z0, ref Vector<T> z1) where T : unmanaged, IFloatingPointIeee754<T>

@@ -91,15 +91,15 @@ internal static unsafe class ChannelsFirstKernel
                 case JobPhase.BlockReductions:
                     for (long item = start; item < end; item++)
                     {
-                        var (b0, b1) = j->Plan.BlockRange(item % j->Plan.Blocks);
-                        j->P.Moments[item] = RowwiseMoments<TE, TS, T>(j->O.X + item / j->Plan.Blocks * len + b0, b1 - b0);
+                        var (row, b0, b1) = j->Plan.ItemRange(item);
+                        j->P.Moments[item] = RowwiseMoments<TE, TS, T>(j->O.X + row * len + b0, b1 - b0);
                     }
                     break;
                 default:
                     for (long item = start; item < end; item++)
                     {
-                        var (b0, b1) = j->Plan.BlockRange(item % j->Plan.Blocks);
-                        j->ApplyScaleBias(item / j->Plan.Blocks, b0, b1);
+                        var (row, b0, b1) = j->Plan.ItemRange(item);
+                        j->ApplyScaleBias(row, b0, b1);
                     }
                     break;
             }
@@ -171,15 +171,15 @@ internal static unsafe class ChannelsFirstKernel
                 case JobPhase.BlockReductions:
                     for (long item = start; item < end; item++)
                     {
-                        var (b0, b1) = j->Plan.BlockRange(item % j->Plan.Blocks);
-                        j->ChannelGradientSums(item / j->Plan.Blocks, b0, b1, j->P.PartA + item * d, j->P.PartB + item * d);
+                        var (row, b0, b1) = j->Plan.ItemRange(item);
+                        j->ChannelGradientSums(row, b0, b1, j->P.PartA + item * d, j->P.PartB + item * d);
                     }
                     break;
                 default:
                     for (long item = start; item < end; item++)
                     {
-                        var (b0, b1) = j->Plan.BlockRange(item % j->Plan.Blocks);
-                        j->InputGradient(item / j->Plan.Blocks, b0, b1);
+                        var (row, b0, b1) = j->Plan.ItemRange(item);
+                        j->InputGradient(row, b0, b1);
                     }
                     break;
             }

@@ -147,8 +147,7 @@ internal static unsafe class ChannelsLastKernel
                     j->WholeSample(item);
                     continue;
                 }
-                long n = item / j->Plan.Blocks;
-                var (p0, p1) = j->Plan.BlockRange(item % j->Plan.Blocks);
+                var (n, p0, p1) = j->Plan.ItemRange(item);
                 if (j->P.Phase == JobPhase.BlockReductions)
                 {
                     var slice = new Span<Moments>(j->P.Moments + item * g, (int)g);
@@ -219,8 +218,7 @@ internal static unsafe class ChannelsLastKernel
                     if (j->O.Dx != null) j->InputGradient(item, 0, j->S.S);
                     continue;
                 }
-                long n = item / j->Plan.Blocks;
-                var (p0, p1) = j->Plan.BlockRange(item % j->Plan.Blocks);
+                var (n, p0, p1) = j->Plan.ItemRange(item);
                 if (j->P.Phase == JobPhase.BlockReductions)
                     j->ChannelGradientSums(n, p0, p1, j->P.PartA + item * c, j->P.PartB + item * c);
                 else

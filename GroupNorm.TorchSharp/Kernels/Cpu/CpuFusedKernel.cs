@@ -1,5 +1,6 @@
 using System;
 using System.Numerics;
+using System.Runtime.InteropServices;
 using GroupNormalization.Interop;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -217,6 +218,14 @@ internal static unsafe class CpuFusedKernel
             where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
             where TA : struct, IActivation
         {
+            if (Shape.GroupSize == 0)
+            {
+                // An empty spatial dimension with N > 0: groups of no elements, whose statistics are 0/0 as
+                // in libtorch (its dweight for them comes back NaN, and so does ours from these). The
+                // kernels' per-plane loops would divide by S = 0.
+                for (long r = 0; r < Shape.Rows; r++) Mean[r] = Rstd[r] = double.NaN;
+                return;
+            }
             var operands = new ForwardOperands<TS, T>((TS*)X, (TS*)Y, (T*)Weight, (T*)Bias, Mean, Rstd);
             if (Plan.Layout == ChannelLayout.ChannelsFirst)
                 ChannelsFirstKernel.Forward<TE, TS, T, TA>(operands, Shape, Eps, Plan);
@@ -237,7 +246,13 @@ internal static unsafe class CpuFusedKernel
             where TA : struct, IActivation
         {
             var operands = new BackwardOperands<TS, T>((TS*)X, (TS*)Dy, (TS*)Dx, (T*)Weight, (T*)Bias, Mean, Rstd, SumA, SumB);
-            if (Plan.Layout == ChannelLayout.ChannelsFirst)
+            if (Shape.GroupSize == 0)
+            {
+                // Sums over no elements (see ForwardCall); dx is empty.
+                NativeMemory.Clear(SumA, (nuint)(Shape.N * Shape.C * sizeof(double)));
+                NativeMemory.Clear(SumB, (nuint)(Shape.N * Shape.C * sizeof(double)));
+            }
+            else if (Plan.Layout == ChannelLayout.ChannelsFirst)
                 ChannelsFirstKernel.Backward<TE, TS, T, TA>(operands, Shape, Plan);
             else
                 ChannelsLastKernel.Backward<TE, TS, T, TA>(operands, Shape, Plan);

@@ -64,8 +64,16 @@ internal readonly unsafe record struct WorkPlan(ChannelLayout Layout, long Rows,
         return plan;
     }
 
+    /// <summary>Block <paramref name="block"/>'s elements (channels-first) or positions (channels-last) of a row, [Start, End).</summary>
     public (long Start, long End) BlockRange(long block) =>
         (RowLength * block / Blocks, RowLength * (block + 1) / Blocks);
+
+    /// <summary>Work item <paramref name="item"/> of a split plan: its row, and its block's range in that row.</summary>
+    public (long Row, long Start, long End) ItemRange(long item)
+    {
+        var (start, end) = BlockRange(item % Blocks);
+        return (item / Blocks, start, end);
+    }
 
     /// <summary>Runs <paramref name="body"/> over items [0, count) of the job at <paramref name="job"/>, in parallel.</summary>
     public void ForEach(long count, delegate*<void*, long, long, void> body, void* job) => ParallelFor.Run(count, Threads, body, job);
@@ -128,7 +136,7 @@ internal readonly unsafe record struct WorkPlan(ChannelLayout Layout, long Rows,
         using var scratch = new Scratch(2 * partial * sizeof(double));
         phases->PartA = (double*)scratch.Pointer;
         phases->PartB = phases->PartA + partial;
-        new Span<double>(phases->PartA, (int)(2 * partial)).Clear();
+        NativeMemory.Clear(phases->PartA, (nuint)(2 * partial * sizeof(double)));
         phases->Phase = JobPhase.BlockReductions;
         ForEach(Items, body, job);
         MergeSums(phases->PartA, phases->PartB, perItem, sumA, sumB);
