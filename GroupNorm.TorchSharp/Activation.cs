@@ -16,6 +16,9 @@ public enum Activation
     /// <summary>SiLU (swish): z·σ(z), as <c>torch.nn.functional.silu</c>.</summary>
     SiLU = 1,
 
-    /// <summary>ReLU: max(z, 0), as <c>torch.nn.functional.relu</c>; its gradient at z = 0 is 0, as PyTorch's.</summary>
+    /// <summary>
+    /// ReLU: max(z, 0), as <c>torch.nn.functional.relu</c>. Its gradient is PyTorch's: 0 where z ≤ 0 (at
+    /// z = 0 too) and the incoming gradient elsewhere, which includes a NaN z.
+    /// </summary>
     ReLU = 2,
 }

@@ -16,7 +16,8 @@ namespace GroupNormalization.Kernels;
 ///           z       = (x − μ)·r·γ[c] + β[c]              γ = 1 and β = 0 when absent
 ///           y       = act(z)                              act: identity, SiLU z·σ(z), or ReLU max(z, 0)
 ///
-/// Backward  dz      = dy·act′(z)                          SiLU: σ(z)·(1 + z·(1 − σ(z))); ReLU: 1 if z > 0 else 0;
+/// Backward  dz      = dy·act′(z)                          SiLU: σ(z)·(1 + z·(1 − σ(z)));
+///                                                         ReLU: dz = 0 where z ≤ 0, else dy (a NaN z passes dy);
 ///                                                         z is rebuilt from x, μ, r, γ, β, never saved
 ///           A[n,c]  = Σ_s dz                             per-(n, c) sums over spatial positions
 ///           B[n,c]  = Σ_s dz·(x − μ)                     centred: no cancellation when |μ| ≫ σ
