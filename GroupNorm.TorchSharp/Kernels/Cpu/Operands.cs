@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
 
 namespace GroupNormalization.Kernels.Cpu;
 
@@ -58,6 +59,7 @@ internal readonly unsafe struct GroupConstants<T>
     /// dx's b and k for the group (<see cref="GroupNormMath.InputGradientCoefficients{T}"/>), from the sums A and B
     /// of its <paramref name="channels"/> channels from <paramref name="firstChannel"/> on, at sumA[j] and sumB[j].
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public (T B, T K) InputGradient(long firstChannel, long channels, double* sumA, double* sumB, double groupSize)
     {
         double scaleA = 0, gammaB = 0;
