@@ -31,20 +31,7 @@ internal static class DeviceGenericKernel
         var rstd = variance.add_(eps).rsqrt_();
 
         var (scale, shift) = ScaleShift(mean, rstd, weight, bias, s, opmath);
-        var broadcast = BroadcastShape(x.ndim, s);
-        Tensor y;
-        if (s.GroupSize == 1)
-        {
-            // One element per group: x − μ is exactly 0 and y must be exactly β. The folded form
-            // x·scale + (β − μ·scale) leaves the rounding of μ·scale behind, so these groups are centred
-            // first (x has exactly the broadcast shape here, as D = S = 1).
-            y = (grouped - mean.unsqueeze(2)).reshape(broadcast).mul_(scale.reshape(broadcast));
-            if (bias is not null) y = y.add_(bias.to(opmath).view(broadcast[1..]));
-        }
-        else
-        {
-            y = torch.addcmul(shift.reshape(broadcast), x, scale.reshape(broadcast), 1);
-        }
+        var y = PreActivation(x, mean, scale, shift, bias, s, opmath, BroadcastShape(x.ndim, s));
         // In the opmath type, before a half input's output is rounded once.
         if (activation == Activation.SiLU) y = y.silu_();
         else if (activation == Activation.ReLU) y = y.relu_();
@@ -73,17 +60,7 @@ internal static class DeviceGenericKernel
         {
             // The pre-activation, rebuilt as forward formed it rather than saved; from here on dy is dz.
             var (scale, shift) = ScaleShift(mean.to(opmath), r.view(s.N, s.G), weight, bias, s, opmath);
-            Tensor z;
-            if (s.GroupSize == 1)
-            {
-                // Centred, as forward forms one-element groups: z is exactly β there.
-                z = centred * scale.unsqueeze(3);
-                if (bias is not null) z = z.add_(bias.to(opmath).view(1, s.G, s.D, 1));
-            }
-            else
-            {
-                z = torch.addcmul(shift.unsqueeze(3), xs, scale.unsqueeze(3), 1);
-            }
+            var z = PreActivation(xs, m, scale, shift, bias, s, opmath, new[] { s.N, s.G, s.D, 1L });
             dys = ActivationGradient(dys, z, activation);
         }
         var sumA = dys.sum(dim: 3);                // A[n, g, j] = Σ_s dy
@@ -136,6 +113,24 @@ internal static class DeviceGenericKernel
         var shift = mean.view(s.N, s.G, 1) * scale;
         shift = bias is null ? shift.neg_() : bias.to(opmath).view(1, s.G, s.D) - shift;
         return (scale, shift);
+    }
+
+    /// <summary>
+    /// z = x·scale + shift (one fused addcmul), with <see cref="ScaleShift"/>'s coefficients and the (N, G)
+    /// mean viewed as <paramref name="view"/>: (N, C, 1, …) against x itself in forward, so that y keeps x's
+    /// layout, and (N, G, D, 1) against x grouped in backward, where z is rebuilt exactly as forward formed it.
+    /// </summary>
+    private static Tensor PreActivation(Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor? bias, GroupNormShape s, ScalarType opmath, long[] view)
+    {
+        if (s.GroupSize != 1) return torch.addcmul(shift.reshape(view), x, scale.reshape(view), 1);
+        // One element per group (D = S = 1, so the mean views as the coefficients do): x − μ is exactly 0
+        // and z must be exactly β, but the fold x·scale + (β − μ·scale) leaves the rounding of μ·scale behind.
+        // Such groups are centred first; their tensors hold N·C values, so the extra operation is cheap.
+        var z = (x - mean.reshape(view)).mul_(scale.reshape(view));
+        if (bias is null) return z;
+        var biasView = (long[])view.Clone();
+        biasView[0] = 1;
+        return z.add_(bias.to(opmath).reshape(biasView));
     }
 
     /// <summary>

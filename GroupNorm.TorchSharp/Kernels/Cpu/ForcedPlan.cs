@@ -55,18 +55,6 @@ internal sealed class ForcedPlan : IDisposable
 
     internal void Record(WorkPlan plan) => _plans.Add(plan);
 
-    /// <summary>
-    /// Blocks per row for a forced split: at least 3, so that one block has neither end at a row's edge,
-    /// and the usual target of four items per thread; at most one element (channels-first) or position
-    /// (channels-last) per block. A row of one cannot be split and stays whole.
-    /// </summary>
-    internal static int SplitBlocks(long rows, long rowLength, int threads)
-    {
-        if (rows <= 0 || rowLength <= 1) return 1;
-        long want = Math.Max(3, (4L * threads + rows - 1) / rows);
-        return (int)Math.Min(want, rowLength);
-    }
-
     public void Dispose()
     {
         if (t_current != this) throw new InvalidOperationException("Forced plans must be disposed on their own thread, innermost first.");

@@ -45,19 +45,22 @@ internal readonly unsafe record struct WorkPlan(ChannelLayout Layout, long Rows,
         var forced = ForcedPlan.Current;
         // libtorch's own thread count, so that torch.set_num_threads applies to these kernels too.
         int threads = forced?.Threads ?? (s.Numel < SerialElements ? 1 : Math.Max(1, torch.get_num_threads()));
-        int blocks = 1;
-        if (forced?.Strategy is { } strategy)
-        {
-            if (strategy == RowStrategy.SplitRows) blocks = ForcedPlan.SplitBlocks(rows, rowLength, threads);
-        }
         // Whole rows per thread keep each row in cache between its statistics and its output, and skip
         // the split's merge and second round of work items; they only pay off when the rows balance the
         // threads: many rows, or a multiple of the thread count (2 samples on 2 threads).
-        else if (threads > 1 && rows < 4L * threads && rows > 0 && (rows < threads || rows % threads != 0))
+        var strategy = forced?.Strategy;
+        bool split = strategy is not null
+            ? strategy == RowStrategy.SplitRows && rows > 0 && rowLength > 1
+            : threads > 1 && rows < 4L * threads && rows > 0 && (rows < threads || rows % threads != 0);
+        int blocks = 1;
+        if (split)
         {
+            // Four work items per thread. A forced split ignores the size floor, so that small test shapes
+            // split too, and takes at least 3 blocks, so that one block has neither end at a row's edge.
             long want = (4L * threads + rows - 1) / rows;
-            long most = Math.Max(1, Math.Min(rowLength, rowElements / MinBlockElements));
-            blocks = (int)Math.Clamp(want, 1, most);
+            long most = strategy is null ? Math.Max(1, Math.Min(rowLength, rowElements / MinBlockElements)) : rowLength;
+            long least = strategy is null ? 1 : 3;
+            blocks = (int)Math.Min(Math.Max(want, least), most);
         }
         var plan = new WorkPlan(layout, rows, rowLength, blocks, threads);
         forced?.Record(plan);
