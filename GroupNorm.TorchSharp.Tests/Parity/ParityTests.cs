@@ -176,17 +176,24 @@ internal static class ParityCheck
             Assert.That(actual.Y.dtype, Is.EqualTo(dtype));
             Assert.That(actual.Y.device.ToString(), Is.EqualTo(x.device.ToString()));
             Assert.That(actual.Dx!.dtype, Is.EqualTo(dtype));
-            if (c.Layout == Layout.ChannelsLast)
-            {
-                Assert.That(TestTensors.IsChannelsLast(actual.Y), Is.True, "y lost the channels_last format");
-                Assert.That(TestTensors.IsChannelsLast(actual.Dx!), Is.True, "dx lost the channels_last format");
-            }
-            if (c.Layout == Layout.Contiguous)
-                Assert.That(actual.Y.is_contiguous(), Is.True, "y of a contiguous input is not contiguous");
+            AssertLayout(actual, c.Layout, "");
         });
     }
 
-    public static void AssertClose(GroupNormResult actual, GroupNormResult expected, double tolerance, string device, KernelPath path, ScalarType dtype)
+    /// <summary>y and dx keep a channels_last input's format, and y of a contiguous input is contiguous.</summary>
+    public static void AssertLayout(GroupNormResult actual, Layout layout, string prefix)
+    {
+        if (layout == Layout.ChannelsLast)
+        {
+            Assert.That(TestTensors.IsChannelsLast(actual.Y), Is.True, $"{prefix}y lost the channels_last format");
+            Assert.That(TestTensors.IsChannelsLast(actual.Dx!), Is.True, $"{prefix}dx lost the channels_last format");
+        }
+        if (layout == Layout.Contiguous)
+            Assert.That(actual.Y.is_contiguous(), Is.True, $"{prefix}y of a contiguous input is not contiguous");
+    }
+
+    /// <summary>The relative error of each output the reference has: y, dx, and dweight and dbias when present.</summary>
+    public static List<(string Name, double Error)> Errors(GroupNormResult actual, GroupNormResult expected)
     {
         var errors = new List<(string Name, double Error)>
         {
@@ -195,7 +202,12 @@ internal static class ParityCheck
         };
         if (expected.Dweight is not null) errors.Add(("dweight", TestTensors.RelativeError(actual.Dweight!, expected.Dweight)));
         if (expected.Dbias is not null) errors.Add(("dbias", TestTensors.RelativeError(actual.Dbias!, expected.Dbias)));
+        return errors;
+    }
 
+    public static void AssertClose(GroupNormResult actual, GroupNormResult expected, double tolerance, string device, KernelPath path, ScalarType dtype)
+    {
+        var errors = Errors(actual, expected);
         TestContext.Out.WriteLine(string.Join("  ", errors.Select(e => string.Create(CultureInfo.InvariantCulture, $"{e.Name}={e.Error:E2}"))));
         foreach (var (name, error) in errors) ParityReport.Record(device, path, dtype, name, error);
 

@@ -97,7 +97,7 @@ public sealed class StrategyParityTests
                 if (plans.Count == 2)
                     Assert.That(lastThreads, Is.EqualTo((int)Math.Min(config.Threads, plans[1].Items)), $"{config}: threads backward's last loop was given");
 
-                var errors = Errors(actual, expected);
+                var errors = ParityCheck.Errors(actual, expected);
                 lines.Add($"{config}: " + string.Join("  ", errors.Select(e => string.Create(CultureInfo.InvariantCulture, $"{e.Name}={e.Error:E2}"))));
                 foreach (var (name, error) in errors)
                 {
@@ -105,13 +105,7 @@ public sealed class StrategyParityTests
                     Assert.That(error, Is.LessThanOrEqualTo(tolerance), $"{config}: {name}, relative error against libtorch");
                 }
                 Assert.That(actual.Y.dtype, Is.EqualTo(dtype), $"{config}: y dtype");
-                if (c.Layout == Layout.ChannelsLast)
-                {
-                    Assert.That(TestTensors.IsChannelsLast(actual.Y), Is.True, $"{config}: y lost the channels_last format");
-                    Assert.That(TestTensors.IsChannelsLast(actual.Dx!), Is.True, $"{config}: dx lost the channels_last format");
-                }
-                if (c.Layout == Layout.Contiguous)
-                    Assert.That(actual.Y.is_contiguous(), Is.True, $"{config}: y of a contiguous input is not contiguous");
+                ParityCheck.AssertLayout(actual, c.Layout, $"{config}: ");
             }
         });
         TestContext.Out.WriteLine(string.Join("\n", lines));
@@ -172,17 +166,5 @@ public sealed class StrategyParityTests
             else
                 Assert.That(plan.Blocks, Is.EqualTo(1), $"{what}: blocks per row of {plan}");
         }
-    }
-
-    private static List<(string Name, double Error)> Errors(GroupNormResult actual, GroupNormResult expected)
-    {
-        var errors = new List<(string Name, double Error)>
-        {
-            ("y", TestTensors.RelativeError(actual.Y, expected.Y)),
-            ("dx", TestTensors.RelativeError(actual.Dx!, expected.Dx!)),
-        };
-        if (expected.Dweight is not null) errors.Add(("dweight", TestTensors.RelativeError(actual.Dweight!, expected.Dweight)));
-        if (expected.Dbias is not null) errors.Add(("dbias", TestTensors.RelativeError(actual.Dbias!, expected.Dbias)));
-        return errors;
     }
 }
