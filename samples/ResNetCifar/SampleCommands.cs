@@ -1,7 +1,9 @@
 using System;
+using System.Collections.Generic;
 using System.CommandLine;
 using System.Globalization;
 using System.IO;
+using System.Linq;
 using ResNetCifar.Data;
 using ResNetCifar.Models;
 using ResNetCifar.Study;
@@ -38,22 +40,28 @@ internal sealed class SampleCommands
     private readonly Option<int> _threads = new("--threads") { Description = "CPU threads for libtorch and the GroupNorm kernels (0: libtorch's default). 1 is much faster when another process keeps the cores busy", Recursive = true };
     private readonly Option<bool> _channelsLast = new("--channels-last") { Description = "feed batches in channels_last memory format, so that every convolution and norm runs in it", Recursive = true };
     private readonly Option<bool> _plain = new("--plain") { Description = "plain progress lines even in a terminal", Recursive = true };
+    private readonly Option<int?> _bnSlice = new("--bn-slice") { Description = "BatchNorm statistics over slices of this many images (emulated per-device BatchNorm; must divide --batch-size)", Recursive = true };
+    private readonly Option<bool> _weightStandardization = new("--weight-standardization") { Description = "weight-standardized convolutions (GroupNorm.TorchSharp's WeightStandardizedConv2d) in the CIFAR ResNet", Recursive = true };
+    private readonly Option<bool> _normWeightDecay = new("--norm-weight-decay") { Description = "apply weight decay to the norms' γ and β too", Recursive = true };
+    private readonly Option<bool> _augment = new("--augment") { Description = "random crop and flip for every data set (default: CIFAR only)", Recursive = true };
 
-    private readonly Option<long> _budget = new("--budget") { Description = "training images per run (8000: about 13 minutes for the whole study on 2 busy cores)", DefaultValueFactory = _ => 8000 };
-    private readonly Option<string> _out = new("--out") { Description = "folder for study.csv and study.png", DefaultValueFactory = _ => "results" };
+    private readonly Option<bool> _quick = new("--quick") { Description = "the whole study pipeline on a tiny budget (a few minutes), written to OUT/study-quick" };
+    private readonly Option<bool> _sweep = new("--sweep") { Description = "the settings sweep for GroupNorm on a validation split (OUT/sweep) instead of the study" };
+    private readonly Option<int> _jobs = new("--jobs") { Description = "runs trained at the same time, one libtorch thread each unless --threads is given", DefaultValueFactory = _ => 2 };
+    private readonly Option<string> _out = new("--out") { Description = "parent folder of the study's folders (study, study-quick, sweep, sweep-quick)", DefaultValueFactory = _ => "results" };
     private readonly Option<int> _rounds = new("--rounds") { Description = "alternating rounds", DefaultValueFactory = _ => 6 };
     private readonly Option<int> _steps = new("--steps") { Description = "training steps per model per round", DefaultValueFactory = _ => 50 };
 
     public RootCommand Build()
     {
         var root = new RootCommand("ResNet on CIFAR-10 (or Fashion-MNIST offline) with GroupNorm.TorchSharp: train, study batch sizes, compare throughput.");
-        foreach (var option in new Option[] { _model, _depth, _norm, _groups, _channelsPerGroup, _epochs, _batchSize, _lr, _weightDecay, _schedule, _warmup, _seed, _device, _data, _fashion, _offline, _limitTrain, _limitTest, _csv, _checkpoint, _resume, _threads, _channelsLast, _plain })
+        foreach (var option in new Option[] { _model, _depth, _norm, _groups, _channelsPerGroup, _epochs, _batchSize, _lr, _weightDecay, _schedule, _warmup, _seed, _device, _data, _fashion, _offline, _limitTrain, _limitTest, _csv, _checkpoint, _resume, _threads, _channelsLast, _plain, _bnSlice, _weightStandardization, _normWeightDecay, _augment })
             root.Options.Add(option);
         root.SetAction(result => Guard(() => Train(result)));
 
-        var study = new Command("study", "GroupNorm vs BatchNorm at batch sizes 32, 16, 8, 4, 2 on a fixed budget of images; lr scales linearly with batch size. Writes study.csv and study.png.");
-        study.Options.Add(_budget);
-        study.Options.Add(_out);
+        var study = new Command("study", "GroupNorm against BatchNorm whose statistics come from slices of 32, 16, 8, 4, 2 images (emulated per-device BatchNorm), GroupNorm with weight standardization, and the paper's protocol of W workers; seeds, precise BN, per-epoch curves. Writes OUT/study/study.csv, study-epochs.csv, study.md, study.png and study-curves.png; resumes an interrupted study.");
+        foreach (var option in new Option[] { _quick, _sweep, _jobs, _out })
+            study.Options.Add(option);
         study.SetAction(result => Guard(() => RunStudy(result)));
         root.Subcommands.Add(study);
 
@@ -107,6 +115,10 @@ internal sealed class SampleCommands
         Seed = r.GetValue(_seed),
         Device = r.GetValue(_device)!,
         ChannelsLast = r.GetValue(_channelsLast),
+        BatchNormSlice = r.GetValue(_bnSlice),
+        WeightStandardization = r.GetValue(_weightStandardization),
+        NormWeightDecay = r.GetValue(_normWeightDecay),
+        Augment = r.GetValue(_augment) ? true : null,
         CsvPath = r.GetValue(_csv),
         CheckpointPath = r.GetValue(_checkpoint),
         Resume = r.GetValue(_resume),
@@ -151,18 +163,89 @@ internal sealed class SampleCommands
 
     private int RunStudy(ParseResult r)
     {
+        var jobs = Positive(r.GetValue(_jobs), "--jobs");
+        // Two single-threaded runs side by side use two cores better than one run on both (see BatchSizeStudy).
+        if (jobs > 1 && !Given(r, _threads)) torch.set_num_threads(1);
         var settings = Settings(r);
         Trainer.ResolveDevice(settings.Device);
         var display = Display(r);
-        using var data = LoadData(r, settings, display);
-        var budget = r.GetValue(_budget);
-        if (budget < BatchSizeStudy.BatchSizes[0])
-            throw new ArgumentException($"--budget must be at least {BatchSizeStudy.BatchSizes[0]} images, but got {budget}.");
-        var rows = BatchSizeStudy.Run(settings, data, budget, r.GetValue(_out)!, display);
-        display.WriteLine("norm  batch  lr       test acc");
-        foreach (var row in rows)
-            display.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{row.Norm,-5} {row.BatchSize,5}  {row.LearningRate,-7:G4}  {row.TestAccuracy:P2}"));
+        var protocol = StudyProtocolFrom(r);
+        var sweep = r.GetValue(_sweep);
+        var name = sweep ? "sweep" : "study";
+        var folder = Path.Combine(r.GetValue(_out)!, r.GetValue(_quick) ? name + "-quick" : name);
+
+        var loaded = DatasetLoader.Load(r.GetValue(_data), r.GetValue(_fashion)!, r.GetValue(_offline), 0, 0, protocol.DataSeed);
+        var (train, validation) = loaded.Train.Split(protocol.TrainImages, sweep ? protocol.ValidationImages : 0, protocol.DataSeed);
+        using var test = loaded.Test.Take(protocol.TestImages, protocol.DataSeed + 1);
+        loaded.Dispose();
+        using var trainSet = train;
+        using var validationSet = validation;
+        var evaluation = sweep ? validationSet : test;
+        var description = string.Create(CultureInfo.InvariantCulture,
+            $"{train.Name}, {train.Count} training images (random crop and flip), {(sweep ? $"{validationSet.Count} validation images carved from the training split" : $"{test.Count} test images")}");
+        display.WriteLine($"Data: {description}; {torch.get_num_threads()} libtorch thread(s) per run");
+        var data = new StudyData(trainSet, evaluation, trainSet);
+
+        Action<string> log = Synchronized(display);
+        if (sweep)
+        {
+            var results = BatchSizeStudy.Run(StudyPlan.Sweep(protocol, settings), data, protocol, folder, name, jobs, log);
+            var report = StudyReport.Sweep(results, protocol, description);
+            StudyReport.Save(Path.Combine(folder, "sweep.md"), "Sweep: what closes GroupNorm's gap at the full batch", report);
+            StudyPlot.SaveCurves(results.Select(x => (x.Norm, (IReadOnlyList<StudyResult>)[x])).ToList(), Path.Combine(folder, "sweep-curves.png"),
+                string.Create(CultureInfo.InvariantCulture, $"Sweep, ResNet-{protocol.Depth} on {train.Name}"), "validation accuracy (%)");
+            display.WriteLine(report);
+        }
+        else
+        {
+            var results = BatchSizeStudy.Run(StudyPlan.Study(protocol, settings), data, protocol, folder, name, jobs, log);
+            var report = StudyReport.Study(results, protocol, description);
+            StudyReport.Save(Path.Combine(folder, "study.md"), "Batch-size study: GroupNorm against per-device BatchNorm", report);
+            var title = string.Create(CultureInfo.InvariantCulture, $"ResNet-{protocol.Depth} on {train.Name}, {protocol.Epochs} epochs, {protocol.TotalBatch} images per step");
+            StudyPlot.SaveErrorByBatch(results, Path.Combine(folder, "study.png"), title);
+            IReadOnlyList<StudyResult> Of(string norm, int b) => results.Where(x => x.View == StudyRun.PerDeviceView && x.Norm == norm && x.StatsBatch == b).ToList();
+            StudyPlot.SaveCurves(
+                [
+                    ("BatchNorm, b = 32", Of(StudyPlan.BatchNormName, StudyPlan.SliceSizes[0])),
+                    ("BatchNorm, b = 2", Of(StudyPlan.BatchNormName, StudyPlan.SliceSizes[^1])),
+                    ("GroupNorm", Of(StudyPlan.GroupNormName, 0)),
+                    ("GroupNorm + WS", Of(StudyPlan.WeightStandardizedName, 0)),
+                ],
+                Path.Combine(folder, "study-curves.png"), title, "test accuracy (%), mean over seeds");
+            display.WriteLine(report);
+        }
+        display.WriteLine($"{name}: wrote {folder}");
         return 0;
+    }
+
+    /// <summary>The default or quick protocol, with the training options the command line gives explicitly.</summary>
+    private StudyProtocol StudyProtocolFrom(ParseResult r)
+    {
+        var p = r.GetValue(_quick) ? StudyProtocol.Quick : StudyProtocol.Default;
+        if (Given(r, _depth)) p = p with { Depth = r.GetValue(_depth) };
+        if (Given(r, _epochs)) p = p with { Epochs = Positive(r.GetValue(_epochs), "--epochs") };
+        if (Given(r, _batchSize)) p = p with { TotalBatch = Positive(r.GetValue(_batchSize), "--batch-size") };
+        if (Given(r, _lr)) p = p with { LearningRate = r.GetValue(_lr) };
+        if (Given(r, _warmup)) p = p with { WarmupFraction = r.GetValue(_warmup) };
+        if (Given(r, _weightDecay)) p = p with { WeightDecay = r.GetValue(_weightDecay) };
+        if (Given(r, _groups)) p = p with { Groups = r.GetValue(_groups) };
+        if (Given(r, _normWeightDecay)) p = p with { NormWeightDecay = r.GetValue(_normWeightDecay) };
+        if (Given(r, _limitTrain)) p = p with { TrainImages = r.GetValue(_limitTrain) };
+        if (Given(r, _limitTest)) p = p with { TestImages = r.GetValue(_limitTest) };
+        if (p.TotalBatch % StudyPlan.SliceSizes[0] != 0)
+            throw new ArgumentException($"--batch-size must be a multiple of {StudyPlan.SliceSizes[0]} in the study (its BatchNorm slices are 32 … 2 images), but got {p.TotalBatch}.");
+        return p;
+    }
+
+    private static bool Given(ParseResult r, Option option) => r.GetResult(option) is { Implicit: false };
+
+    private static Action<string> Synchronized(IProgressDisplay display)
+    {
+        var gate = new object();
+        return text =>
+        {
+            lock (gate) display.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{DateTime.Now:HH:mm:ss} {text}"));
+        };
     }
 
     private int RunThroughput(ParseResult r)

@@ -5,7 +5,6 @@ using GroupNormalization;
 using NUnit.Framework;
 using ResNetCifar.Data;
 using ResNetCifar.Models;
-using ResNetCifar.Study;
 using ResNetCifar.Training;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -135,30 +134,4 @@ public sealed class TrainingSmokeTests
     public void BadGroupCountIsExplained() =>
         Assert.That(() => new CifarResNet(20, 3, 10, new NormFactory(NormKind.Gn, groups: 5)),
             Throws.ArgumentException.With.Message.Contains("--groups 5"));
-
-    [Test]
-    public void StudyWritesCsvAndPng()
-    {
-        var directory = Directory.CreateTempSubdirectory("study-").FullName;
-        try
-        {
-            var rows = BatchSizeStudy.BatchSizes.SelectMany(b => new[]
-            {
-                new StudyRow("GN", b, 0.1 * b / 32, 64, 64 / b, 0.8, 0.5, 1),
-                new StudyRow("BN", b, 0.1 * b / 32, 64, 64 / b, 0.5 + b / 100.0, 0.9, 1),
-            }).ToList();
-            var png = Path.Combine(directory, "study.png");
-            var csv = Path.Combine(directory, "study.csv");
-
-            StudyPlot.Save(rows, png, "test");
-            BatchSizeStudy.WriteCsv(csv, rows);
-
-            Assert.That(new FileInfo(png).Length, Is.GreaterThan(1000));
-            Assert.That(File.ReadAllLines(csv), Has.Length.EqualTo(11));
-        }
-        finally
-        {
-            Directory.Delete(directory, recursive: true);
-        }
-    }
 }

@@ -59,6 +59,26 @@ internal sealed class ImageDataset : IDisposable
         return new ImageDataset(Name, Images.index_select(0, index).MoveToOuterDisposeScope(), Labels.index_select(0, index).MoveToOuterDisposeScope(), Augment);
     }
 
+    /// <summary>
+    /// Two disjoint subsets from one fixed random permutation (deterministic for a seed): the first
+    /// <paramref name="firstCount"/> images, then the next <paramref name="secondCount"/>. A validation split
+    /// carved from the training set this way never shares an image with the training subset.
+    /// </summary>
+    public (ImageDataset First, ImageDataset Second) Split(long firstCount, long secondCount, long seed)
+    {
+        if (firstCount < 1 || secondCount < 0 || firstCount + secondCount > Count)
+            throw new ArgumentException($"Cannot split {Count} images into {firstCount} and {secondCount}.");
+        using var scope = torch.NewDisposeScope();
+        var generator = new torch.Generator((ulong)seed);
+        var order = torch.randperm(Count, generator: generator);
+        ImageDataset Part(long start, long count)
+        {
+            var index = order.narrow(0, start, count);
+            return new ImageDataset(Name, Images.index_select(0, index).MoveToOuterDisposeScope(), Labels.index_select(0, index).MoveToOuterDisposeScope(), Augment);
+        }
+        return (Part(0, firstCount), Part(firstCount, secondCount));
+    }
+
     public void Dispose()
     {
         Images.Dispose();

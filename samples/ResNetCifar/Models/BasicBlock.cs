@@ -13,17 +13,17 @@ internal sealed class BasicBlock : nn.Module<Tensor, Tensor>
     private readonly nn.Module<Tensor, Tensor> norm2;
     private readonly nn.Module<Tensor, Tensor>? shortcut;
 
-    public BasicBlock(long inChannels, long outChannels, long stride, NormFactory norms) : base(nameof(BasicBlock))
+    public BasicBlock(long inChannels, long outChannels, long stride, NormFactory norms, ConvFactory convs) : base(nameof(BasicBlock))
     {
-        conv1 = nn.Conv2d(inChannels, outChannels, 3, stride: stride, padding: 1, bias: false);
+        conv1 = convs.Create(inChannels, outChannels, 3, stride: stride, padding: 1);
         norm1 = norms.Create(outChannels);
-        conv2 = nn.Conv2d(outChannels, outChannels, 3, padding: 1, bias: false);
+        conv2 = convs.Create(outChannels, outChannels, 3, padding: 1);
         norm2 = norms.Create(outChannels);
         NormFactory.ZeroGamma(norm2);
         if (stride != 1 || inChannels != outChannels)
         {
             shortcut = nn.Sequential(
-                ("conv", nn.Conv2d(inChannels, outChannels, 1, stride: stride, bias: false)),
+                ("conv", convs.Create(inChannels, outChannels, 1, stride: stride)),
                 ("norm", norms.Create(outChannels)));
         }
         RegisterComponents();

@@ -16,13 +16,14 @@ internal sealed class CifarResNet : nn.Module<Tensor, Tensor>
     private readonly nn.Module<Tensor, Tensor> stages;
     private readonly nn.Module<Tensor, Tensor> classifier;
 
-    public CifarResNet(int depth, long inChannels, long numClasses, NormFactory norms) : base(nameof(CifarResNet))
+    public CifarResNet(int depth, long inChannels, long numClasses, NormFactory norms, ConvFactory? convs = null) : base(nameof(CifarResNet))
     {
         if (depth < 8 || (depth - 2) % 6 != 0)
             throw new ArgumentException($"--depth must be 6n + 2 with n ≥ 1 (20, 32, 44, 56, 110…), but got {depth}.", nameof(depth));
         var blocksPerStage = (depth - 2) / 6;
 
-        stem = nn.Conv2d(inChannels, 16, 3, padding: 1, bias: false);
+        convs ??= new ConvFactory();
+        stem = convs.Create(inChannels, 16, 3, padding: 1);
         stemNorm = norms.Create(16);
         var blocks = nn.Sequential();
         long channels = 16;
@@ -30,7 +31,7 @@ internal sealed class CifarResNet : nn.Module<Tensor, Tensor>
         {
             for (var i = 0; i < blocksPerStage; i++)
             {
-                blocks.append(new BasicBlock(channels, width, i == 0 ? stride : 1, norms));
+                blocks.append(new BasicBlock(channels, width, i == 0 ? stride : 1, norms, convs));
                 channels = width;
             }
         }
@@ -40,7 +41,8 @@ internal sealed class CifarResNet : nn.Module<Tensor, Tensor>
         RegisterComponents();
         foreach (var module in modules())
         {
-            if (module is TorchSharp.Modules.Conv2d conv)
+            // Convolution: TorchSharp's Conv2d and our weight-standardized one alike.
+            if (module is TorchSharp.Modules.Convolution conv)
                 nn.init.kaiming_normal_(conv.weight, mode: nn.init.FanInOut.FanOut, nonlinearity: nn.init.NonlinearityType.ReLU);
         }
     }

@@ -18,12 +18,14 @@ internal static class ModelFactory
     /// with the chosen norm through its norm_layer argument. <c>resnet18-converted</c>: torchvision's
     /// BatchNorm ResNet-18 run through <see cref="BatchNormConverter"/> (the norm choice must be gn).
     /// </summary>
-    public static nn.Module<Tensor, Tensor> Create(string model, int depth, long inChannels, long numClasses, NormFactory norms, Action<string> log)
+    public static nn.Module<Tensor, Tensor> Create(string model, int depth, long inChannels, long numClasses, NormFactory norms, Action<string> log, ConvFactory? convs = null)
     {
+        if (convs is { WeightStandardized: true } && model != CifarResNetName)
+            throw new ArgumentException($"--weight-standardization is built into the CIFAR ResNet only; --model {model} keeps torchvision's convolutions.");
         switch (model)
         {
             case CifarResNetName:
-                return new CifarResNet(depth, inChannels, numClasses, norms);
+                return new CifarResNet(depth, inChannels, numClasses, norms, convs);
             case ResNet18Name:
                 var custom = torchvision.models.resnet18(num_classes: (int)numClasses, norm_layer: c => norms.Create(c));
                 // torchvision's zero_init_residual only knows BatchNorm2d; zero each block's last norm ourselves.

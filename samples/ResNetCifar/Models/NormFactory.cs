@@ -8,10 +8,14 @@ namespace ResNetCifar.Models;
 /// <summary>
 /// Builds the normalization layer for a given channel count. The group count is <c>groups</c>, or
 /// C / channelsPerGroup when that is set; either way it must divide every channel count of the network.
+/// With <c>batchNormSlice</c>, BatchNorm takes its training statistics over slices of that many images
+/// (<see cref="GhostBatchNorm2d"/>), as BatchNorm on devices that each see that many images.
 /// </summary>
-internal sealed class NormFactory(NormKind kind, long groups = 8, long? channelsPerGroup = null)
+internal sealed class NormFactory(NormKind kind, long groups = 8, long? channelsPerGroup = null, int? batchNormSlice = null)
 {
     public NormKind Kind { get; } = kind;
+
+    public int? BatchNormSlice { get; } = batchNormSlice;
 
     public long GroupsFor(long channels)
     {
@@ -27,6 +31,7 @@ internal sealed class NormFactory(NormKind kind, long groups = 8, long? channels
     public nn.Module<Tensor, Tensor> Create(long channels) => Kind switch
     {
         NormKind.Gn => new GroupNormalization.GroupNorm(GroupsFor(channels), channels),
+        NormKind.Bn when BatchNormSlice is int slice => new GhostBatchNorm2d(channels, slice),
         NormKind.Bn => nn.BatchNorm2d(channels),
         NormKind.GnBuiltin => CreateBuiltin(channels),
         _ => throw new InvalidOperationException($"Unknown norm {Kind}."),
@@ -41,6 +46,7 @@ internal sealed class NormFactory(NormKind kind, long groups = 8, long? channels
             case GroupNormalization.GroupNorm ours: ours.weight?.zero_(); break;
             case TorchSharp.Modules.GroupNorm builtin: builtin.weight.zero_(); break;
             case BatchNorm bn: bn.weight.zero_(); break;
+            case GhostBatchNorm2d ghost: ghost.Weight.zero_(); break;
             default: throw new ArgumentException($"Cannot zero the scale of {norm.GetType().Name}.", nameof(norm));
         }
     }

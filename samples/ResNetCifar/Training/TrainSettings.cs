@@ -10,6 +10,18 @@ internal sealed record TrainSettings
     public NormKind Norm { get; init; } = NormKind.Gn;
     public long Groups { get; init; } = 8;
     public long? ChannelsPerGroup { get; init; }
+
+    /// <summary>BatchNorm's statistics over slices of this many images (emulated per-device BatchNorm); null: the whole batch.</summary>
+    public int? BatchNormSlice { get; init; }
+
+    /// <summary>Weight-standardized convolutions (GroupNorm.TorchSharp's WeightStandardizedConv2d) in the CIFAR ResNet.</summary>
+    public bool WeightStandardization { get; init; }
+
+    /// <summary>Apply weight decay to the norms' γ and β too (by default they are exempt).</summary>
+    public bool NormWeightDecay { get; init; }
+
+    /// <summary>Random crop and flip for every data set (null: the data set's own choice, on for CIFAR only).</summary>
+    public bool? Augment { get; init; }
     public int Epochs { get; init; } = 1;
     public int BatchSize { get; init; } = 32;
     public double LearningRate { get; init; } = 0.1;
@@ -37,5 +49,7 @@ internal sealed record TrainSettings
 
     public int EvalBatchSize { get; init; } = 500;
 
-    public NormFactory CreateNormFactory() => new(Norm, Groups, ChannelsPerGroup);
+    public NormFactory CreateNormFactory() => new(Norm, Groups, ChannelsPerGroup, BatchNormSlice);
+
+    public ConvFactory CreateConvFactory() => new(WeightStandardization);
 }

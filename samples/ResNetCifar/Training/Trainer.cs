@@ -25,31 +25,48 @@ internal static class Trainer
     public static TrainResult Run(TrainSettings settings, ImageDataset train, ImageDataset test, IProgressDisplay display)
     {
         var device = ResolveDevice(settings.Device);
-        torch.manual_seed(settings.Seed);
-        using var model = ModelFactory.Create(settings.Model, settings.Depth, train.Channels, 10, settings.CreateNormFactory(), display.WriteLine);
-        model.to(device);
-        MemoryFormat.ConvertWeights(model, settings.ChannelsLast);
+        using var model = CreateModel(settings, train.Channels, device, display.WriteLine);
         using var optimizer = CreateOptimizer(model, settings);
         return Run(settings, model, optimizer, train, test, device, display);
     }
 
-    /// <summary>SGD; weight decay only on convolution and linear weights, not on norm parameters or biases.</summary>
+    // Initialisation draws from libtorch's global generator; runs on several threads take turns, so that a
+    // seed gives the same weights whatever else is running.
+    private static readonly object InitialisationLock = new();
+
+    /// <summary>The network of <paramref name="settings"/>, initialised from its seed, on <paramref name="device"/>.</summary>
+    public static nn.Module<Tensor, Tensor> CreateModel(TrainSettings settings, long inChannels, Device device, Action<string> log)
+    {
+        nn.Module<Tensor, Tensor> model;
+        lock (InitialisationLock)
+        {
+            torch.manual_seed(settings.Seed);
+            model = ModelFactory.Create(settings.Model, settings.Depth, inChannels, 10, settings.CreateNormFactory(), log, settings.CreateConvFactory());
+        }
+        model.to(device);
+        MemoryFormat.ConvertWeights(model, settings.ChannelsLast);
+        return model;
+    }
+
+    /// <summary>SGD; weight decay only on convolution and linear weights, not on norm parameters (unless asked) or biases.</summary>
     public static SGD CreateOptimizer(nn.Module model, TrainSettings settings)
     {
-        var exempt = new HashSet<IntPtr>();
+        var normParameters = new HashSet<IntPtr>();
         foreach (var module in model.modules())
         {
-            if (module is GroupNormalization.GroupNorm or TorchSharp.Modules.GroupNorm or BatchNorm)
+            if (module is GroupNormalization.GroupNorm or TorchSharp.Modules.GroupNorm or BatchNorm or GhostBatchNorm2d)
             {
-                foreach (var p in module.parameters(recurse: false)) exempt.Add(p.Handle);
+                foreach (var p in module.parameters(recurse: false)) normParameters.Add(p.Handle);
             }
         }
         var decay = new List<Parameter>();
         var noDecay = new List<Parameter>();
         foreach (var (name, p) in model.named_parameters())
         {
-            if (exempt.Contains(p.Handle) || name.EndsWith("bias", StringComparison.Ordinal)) noDecay.Add(p);
-            else decay.Add(p);
+            var exempt = normParameters.Contains(p.Handle)
+                ? !settings.NormWeightDecay
+                : name.EndsWith("bias", StringComparison.Ordinal);
+            (exempt ? noDecay : decay).Add(p);
         }
         var groups = new List<SGD.ParamGroup>
         {
@@ -126,7 +143,7 @@ internal static class Trainer
                 var index = order.narrow(0, step * batchSize, batchSize);
                 var x = train.Images.index_select(0, index);
                 var y = train.Labels.index_select(0, index);
-                if (train.Augment) x = Augmentation.CropAndFlip(x, generator);
+                if (settings.Augment ?? train.Augment) x = Augmentation.CropAndFlip(x, generator);
                 x = MemoryFormat.Apply(x.to(device), settings.ChannelsLast);
                 y = y.to(device);
 
