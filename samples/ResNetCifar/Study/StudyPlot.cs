@@ -56,6 +56,8 @@ internal static class StudyPlot
     public static void SaveCurves(IReadOnlyList<(string Legend, IReadOnlyList<StudyResult> Runs)> lines, string path, string title, string yLabel)
     {
         var plot = new Plot();
+        // The sweep draws eleven lines: a 20-colour palette keeps every one distinct.
+        var palette = new ScottPlot.Palettes.Category20();
         var index = 0;
         foreach (var (legend, runs) in lines)
         {
@@ -66,7 +68,7 @@ internal static class StudyPlot
             var y = Enumerable.Range(0, epochs).Select(e => 100 * runs.Average(r => r.Curve[e].TestAccuracy)).ToArray();
             var line = plot.Add.Scatter(x, y);
             line.LegendText = string.Create(CultureInfo.InvariantCulture, $"{legend} ({runs.Count} seed{(runs.Count > 1 ? "s" : "")})");
-            line.Color = Palette[index++ % Palette.Length];
+            line.Color = palette.GetColor(index++);
             line.LineWidth = 2;
             line.MarkerSize = 5;
         }
