@@ -29,6 +29,7 @@ internal static class BatchSizeStudy
         var epochsPath = Path.Combine(outputDirectory, name + "-epochs.csv");
         CheckProtocol(Path.Combine(outputDirectory, name + "-protocol.txt"), protocol);
 
+        var planned = plan.Select(p => p.Key).ToHashSet();
         var results = StudyCsv.Read(runsPath, epochsPath);
         var finished = results.Select(r => r.Key).ToHashSet();
         var pending = plan.Where(r => !finished.Contains(r.Key)).ToList();
@@ -61,7 +62,7 @@ internal static class BatchSizeStudy
                         results.Add(result);
                         secondsThisSession.Add(result.Seconds);
                         StudyCsv.Write(runsPath, epochsPath, results);
-                        var done = results.Count(r => plan.Any(p => p.Key == r.Key));
+                        var done = results.Count(r => planned.Contains(r.Key));
                         log(string.Create(CultureInfo.InvariantCulture,
                             $"{name}: run {position} of {plan.Count} done: {run}: test accuracy {result.TestAccuracy:P2}{(double.IsNaN(result.PreciseBatchNormAccuracy) ? "" : $" (precise BN {result.PreciseBatchNormAccuracy:P2})")}, {result.Seconds:F0} s; {done} of {plan.Count} finished; {Eta(plan.Count - done, secondsThisSession, jobs)}"));
                     }
@@ -80,8 +81,7 @@ internal static class BatchSizeStudy
         if (failure is not null)
             throw new InvalidOperationException($"{name} stopped after a failed run ({failure.Message}); the finished runs are in {runsPath}, and a restart with the same --out runs the rest.", failure);
         log(string.Create(CultureInfo.InvariantCulture, $"{name}: all {plan.Count} runs finished ({clock.Elapsed.TotalMinutes:F1} min in this session)"));
-        var keys = plan.Select(p => p.Key).ToHashSet();
-        return results.Where(r => keys.Contains(r.Key)).ToList();
+        return results.Where(r => planned.Contains(r.Key)).ToList();
     }
 
     /// <summary>Trains one run and measures what the study reports of it.</summary>
