@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Globalization;
 using System.Linq;
+using GroupNormalization.Autograd;
 using GroupNormalization.Kernels;
 using GroupNormalization.Tests.Parity;
 using NUnit.Framework;
@@ -14,6 +15,13 @@ namespace GroupNormalization.Tests.Autograd;
 /// Double backward through the incoming gradient dy (as a gradient penalty or a Hessian-vector product
 /// by forward-over-reverse needs it), with every subset of the first backward's outputs used, and the
 /// layout of dx when the backward is recorded.
+/// <para>
+/// A recorded backward (create_graph) has one implementation whichever kernel family ran forward:
+/// <see cref="DifferentiableBackward"/>, which every test here checks was the route taken. What the family
+/// changes is where the μ it centres x on comes from (the fused path's float64 host array, the generic
+/// path's saved tensor). That shift cancels in every derivative, so the second-order comparisons cannot
+/// tell the two apart; <see cref="RecordedBackwardCentresOnTheSavedMean"/> can, at a large mean.
+/// </para>
 /// </summary>
 [TestFixture]
 public sealed class DoubleBackwardTests
@@ -51,6 +59,7 @@ public sealed class DoubleBackwardTests
                 Tensor[] ours;
                 using (path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
                     ours = SecondOrder((x, w, b) => Functional.group_norm(x, Groups, w, b, Eps, activation), inputs, use);
+                Assert.That(GroupNormFunction.LastBackward, Is.EqualTo(BackwardRoute.Recorded), $"{use.Name}: the first backward's route");
                 var native = SecondOrder((x, w, b) => Oracle.Activate(torch.nn.functional.group_norm(x, Groups, w, b, Eps), activation), inputs, use);
                 for (int i = 0; i < ours.Length; i++)
                 {
@@ -140,12 +149,63 @@ public sealed class DoubleBackwardTests
             Assert.That(TestTensors.IsChannelsLast(y), Is.True, "y lost the channels_last format");
             dx = torch.autograd.grad(new[] { y }, new[] { xl }, new[] { dy }, create_graph: record, retain_graph: record)[0];
         }
+        Assert.That(GroupNormFunction.LastBackward, Is.EqualTo(record ? BackwardRoute.Recorded : BackwardRoute.Kernel), "backward's route");
         var native = Oracle.Native(x, Groups, w, b, Eps, dy, Activation.SiLU);
         double tolerance = dtype == ScalarType.Float64 ? ParityCheck.Float64Tolerance : ParityCheck.Float32Tolerance;
         Assert.Multiple(() =>
         {
             Assert.That(TestTensors.IsChannelsLast(dx), Is.True, $"dx lost the channels_last format (create_graph: {record})");
             Assert.That(TestTensors.RelativeError(dx, native.Dx!), Is.LessThanOrEqualTo(tolerance), "dx against libtorch");
+        });
+    }
+
+    /// <summary>
+    /// The recorded backward centres x on forward's saved μ before taking its own (recorded) statistics, so
+    /// that float32 keeps its digits when |μ| ≫ σ: x − μ is exact there. Each kernel family saves μ its own way
+    /// and the recorded backward must read it from each. First derivatives under create_graph at mean 1e4,
+    /// against float64 on the same values: the bound is <see cref="ParityCheck.Float32Work"/> for x centred
+    /// on μ (a few σ from 0, so A ≈ 5). Without the shift, μ's float32 rounding alone moves x̂ by up to
+    /// 2^-24·|μ|/σ ≈ 6e-4.
+    /// </summary>
+    [Test]
+    public void RecordedBackwardCentresOnTheSavedMean([Values] KernelPath savedBy, [Values(Activation.None, Activation.SiLU)] Activation activation)
+    {
+        using var scope = torch.NewDisposeScope();
+        torch.manual_seed(44);
+        var shape = new long[] { 4, 32, 16, 16 };
+        const long groups = 8;
+        var x = torch.randn(shape) + 1e4f;
+        var w = torch.rand(32) + 0.5;
+        var b = torch.randn(32);
+        var dy = torch.randn(shape);
+        var exact = Oracle.Native(x.to(ScalarType.Float64), groups, w.to(ScalarType.Float64), b.to(ScalarType.Float64), Eps, dy.to(ScalarType.Float64), activation);
+
+        var xl = x.detach().requires_grad_();
+        var wl = w.detach().requires_grad_();
+        var bl = b.detach().requires_grad_();
+        Tensor[] grads;
+        using (savedBy == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
+        {
+            var y = Functional.group_norm(xl, groups, wl, bl, Eps, activation);
+            grads = torch.autograd.grad(new[] { y }, new[] { xl, wl, bl }, new[] { dy }, create_graph: true, retain_graph: true).ToArray();
+        }
+        var route = GroupNormFunction.LastBackward;
+        var centred = x.to(ScalarType.Float64).reshape(4, groups, -1);
+        centred = (centred - centred.mean(new long[] { 2 }, keepdim: true)).reshape(shape);
+        double bound = ParityCheck.Float32Work(centred, groups, Eps);
+        var errors = new[]
+        {
+            ("dx", TestTensors.RelativeError(grads[0], exact.Dx!)),
+            ("dweight", TestTensors.RelativeError(grads[1], exact.Dweight!)),
+            ("dbias", TestTensors.RelativeError(grads[2], exact.Dbias!)),
+        };
+        TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"bound {bound:E2}: ") +
+            string.Join("  ", errors.Select(e => string.Create(CultureInfo.InvariantCulture, $"{e.Item1}={e.Item2:E2}"))));
+        Assert.Multiple(() =>
+        {
+            Assert.That(route, Is.EqualTo(BackwardRoute.Recorded), "backward's route");
+            foreach (var (name, error) in errors)
+                Assert.That(error, Is.LessThanOrEqualTo(bound), $"{name} vs float64");
         });
     }
 

@@ -145,21 +145,27 @@ public sealed class GradientCheckTests
             numericB[i] = (S(x, w, b + e) - S(x, w, b - e)) / (2 * Step);
         }
 
+        // In a group of two elements x̂ = ±σ/√(σ² + ε) depends on x only through ε, so its derivatives are
+        // ε/σ² of the terms that form them and carry their rounding σ²/ε times magnified (measured 7e-12
+        // against libtorch for 3x4_g2); larger groups compare at the parity bound.
+        double conditioning = 1;
+        if (x.numel() / (shape[0] * groups) == 2)
+            conditioning += x.reshape(shape[0], groups, -1).var(new long[] { 2 }, unbiased: false).max().item<double>() / Eps;
+        double nativeTolerance = ParityCheck.Float64Tolerance * conditioning;
         double fdX = ScaledError(ours[0].flatten(), numericX), fdW = ScaledError(ours[1], numericW);
         double nativeX = TestTensors.RelativeError(ours[0], native[0]), nativeW = TestTensors.RelativeError(ours[1], native[1]);
         TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"d²: vs finite differences x={fdX:E2} w={fdW:E2}; vs libtorch x={nativeX:E2} w={nativeW:E2}"));
+            $"d²: vs finite differences x={fdX:E2} w={fdW:E2}; vs libtorch x={nativeX:E2} w={nativeW:E2} (bound {nativeTolerance:E2})"));
         Assert.Multiple(() =>
         {
             double fdB = ScaledError(ours[2], numericB), nativeB = TestTensors.RelativeError(ours[2], native[2]);
             TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"d² bias: vs finite differences {fdB:E2}; vs libtorch {nativeB:E2}"));
             Assert.That(fdB, Is.LessThanOrEqualTo(SecondOrderTolerance), "∂s/∂bias vs finite differences");
-            Assert.That(nativeB, Is.LessThanOrEqualTo(ParityCheck.Float64Tolerance), "∂s/∂bias vs libtorch");
+            Assert.That(nativeB, Is.LessThanOrEqualTo(nativeTolerance), "∂s/∂bias vs libtorch");
             Assert.That(fdX, Is.LessThanOrEqualTo(SecondOrderTolerance), "∂s/∂x vs finite differences");
             Assert.That(fdW, Is.LessThanOrEqualTo(SecondOrderTolerance), "∂s/∂weight vs finite differences");
-            // Two float64 evaluations of the same formula: ~1e-15 apart, as in the parity suite.
-            Assert.That(nativeX, Is.LessThanOrEqualTo(ParityCheck.Float64Tolerance), "∂s/∂x vs libtorch");
-            Assert.That(nativeW, Is.LessThanOrEqualTo(ParityCheck.Float64Tolerance), "∂s/∂weight vs libtorch");
+            Assert.That(nativeX, Is.LessThanOrEqualTo(nativeTolerance), "∂s/∂x vs libtorch");
+            Assert.That(nativeW, Is.LessThanOrEqualTo(nativeTolerance), "∂s/∂weight vs libtorch");
         });
     }
 

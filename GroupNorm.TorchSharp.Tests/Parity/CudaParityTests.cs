@@ -34,20 +34,16 @@ public sealed class CudaParityTests
     public void MatchesNativeGroupNormOnCuda(ParityCase c, ScalarType dtype) =>
         ParityCheck.Run(c, dtype, KernelPath.Default, torch.CUDA);
 
-    [Test]
-    public void HalfPrecisionMatchesNativeInFloat32OnCuda([Values(ScalarType.Float16, ScalarType.BFloat16)] ScalarType dtype)
+    public static IEnumerable<TestCaseData> HalfCases()
     {
-        using var scope = torch.NewDisposeScope();
-        torch.manual_seed(71);
-        var shape = new long[] { 2, 8, 7, 7 };
-        var x = TestTensors.ToChannelsLast(torch.randn(shape, ScalarType.Float32, torch.CUDA).to(dtype));
-        var w = (torch.rand(8, ScalarType.Float32, torch.CUDA) + 0.5).to(dtype);
-        var b = torch.randn(8, dtype, torch.CUDA);
-        var dy = torch.randn(shape, dtype, torch.CUDA);
-        var expected = Oracle.Native(x.to(ScalarType.Float32), 4, w.to(ScalarType.Float32), b.to(ScalarType.Float32), 1e-5, dy.to(ScalarType.Float32));
-        var actual = Oracle.Ours(KernelPath.Default, x, 4, w, b, 1e-5, dy);
-        // As on the CPU: a few roundings to the dtype (2^-9 bfloat16, 2^-12 float16).
-        ParityCheck.AssertClose(actual, expected, dtype == ScalarType.BFloat16 ? 1e-2 : 2e-3, "CUDA", KernelPath.Generic, dtype);
-        Assert.That(TestTensors.IsChannelsLast(actual.Y), Is.True, "y lost the channels_last format");
+        foreach (var dtype in new[] { ScalarType.Float16, ScalarType.BFloat16 })
+            foreach (double mean in new[] { 0.0, 1000.0 })
+                foreach (var c in ParityTests.HalfShapes)
+                    yield return new TestCaseData(c, dtype, mean).SetArgDisplayNames($"cuda_{ParityTests.DtypeName(dtype)}_mean{mean}_{c.Name}");
     }
+
+    /// <summary>The CPU's half-precision bound, against float64 on the GPU.</summary>
+    [TestCaseSource(nameof(HalfCases))]
+    public void HalfPrecisionIsWithinOneRoundingOfFloat64OnCuda(ParityCase c, ScalarType dtype, double mean) =>
+        ParityCheck.RunHalf(c, dtype, KernelPath.Default, torch.CUDA, mean);
 }

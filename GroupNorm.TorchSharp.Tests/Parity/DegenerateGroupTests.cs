@@ -203,10 +203,12 @@ public sealed class DegenerateGroupTests
             for (int i = 0; i < 3; i++)
             {
                 Assert.That(ours[i].isfinite().all().item<bool>(), Is.True, $"∂s/∂{Names[i]} is not finite");
-                // r³ ≈ 3·10⁷ multiplies terms that are 0 in exact arithmetic: noise at that scale is rounding.
+                // Terms that are 0 in exact arithmetic are multiplied by powers of r = 1/√ε ≈ 316: against a scale
+                // of 1, their rounding noise is up to r times the parity bound (measured 1.1e-13, bound 5.9e-12).
                 double error = TestTensors.ScaledError(ours[i], native[i], 1.0);
+                double bound = ParityCheck.Float64Tolerance / Math.Sqrt(Eps);
                 TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"∂s/∂{Names[i]}: {error:E2} against libtorch"));
-                Assert.That(error, Is.LessThanOrEqualTo(ParityCheck.Float64Tolerance), $"∂s/∂{Names[i]} against libtorch");
+                Assert.That(error, Is.LessThanOrEqualTo(bound), $"∂s/∂{Names[i]} against libtorch");
             }
         });
     }

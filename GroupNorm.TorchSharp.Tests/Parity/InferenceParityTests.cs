@@ -1,4 +1,5 @@
 using System.Linq;
+using GroupNormalization.Autograd;
 using GroupNormalization.Kernels;
 using NUnit.Framework;
 using TorchSharp;
@@ -30,19 +31,24 @@ public sealed class InferenceParityTests
         var expected = Oracle.Native(x, c.Groups, w, b, Eps, null).Y;
 
         Tensor underNoGrad;
+        ForwardRoute noGradRoute, nothingRoute;
         using (torch.no_grad())
         using (path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
         {
             underNoGrad = Functional.group_norm(x.detach().requires_grad_(), c.Groups,
                 w?.detach().requires_grad_(), b?.detach().requires_grad_(), Eps);
+            noGradRoute = GroupNormFunction.LastForward;
         }
         var nothingRequiresGrad = Oracle.Ours(path, x, c.Groups, w, b, Eps, null).Y;
+        nothingRoute = GroupNormFunction.LastForward;
 
         double tolerance = dtype == ScalarType.Float64 ? ParityCheck.Float64Tolerance : ParityCheck.Float32Tolerance;
         Assert.Multiple(() =>
         {
-            foreach (var (route, y) in new[] { ("under no_grad", underNoGrad), ("with nothing requiring grad", nothingRequiresGrad) })
+            foreach (var (route, y, taken) in new[] { ("under no_grad", underNoGrad, noGradRoute), ("with nothing requiring grad", nothingRequiresGrad, nothingRoute) })
             {
+                // y's values and requires_grad are the same either way: only the route shows the node was skipped.
+                Assert.That(taken, Is.EqualTo(ForwardRoute.Inference), $"route {route}");
                 double error = TestTensors.RelativeError(y, expected);
                 ParityReport.Record("CPU inference", path, dtype, "y", error);
                 Assert.That(error, Is.LessThanOrEqualTo(tolerance), $"y {route}: relative error against libtorch");

@@ -1,6 +1,7 @@
 using System.Collections.Generic;
 using System.Globalization;
 using System.Linq;
+using GroupNormalization.Kernels.Cpu;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -31,9 +32,10 @@ public sealed class NumericEdgeTests
     private static readonly long[] Small = { 2, 6, 5, 7 };
 
     /// <summary>
-    /// Three groups of 32,768 elements in one sample: on two or more threads the plan splits each row into
-    /// blocks (channels-first) or the sample into pieces of positions (channels-last), whose partial
-    /// moments and sums are merged, so a non-finite value must survive the merge.
+    /// Three groups of 32,768 elements in one sample, run with split rows forced (<see cref="ForcedPlan"/>):
+    /// each row is cut into blocks (channels-first) or the sample into ranges of positions (channels-last),
+    /// whose partial moments and sums are merged, so a non-finite value must survive the merge. Left to
+    /// itself the plan would split only on a machine with two or more threads.
     /// </summary>
     private static readonly long[] Split = { 1, 6, 128, 128 };
 
@@ -164,12 +166,22 @@ public sealed class NumericEdgeTests
         var dy = torch.randn(shape, dtype);
 
         var expected = Oracle.Native(x, Groups, w, b, Eps, dy, activation);
-        var actual = Oracle.Ours(path, x, Groups, w, b, Eps, dy, activation);
+        GroupNormResult actual;
+        Tensor inference;
+        using (var split = shape.SequenceEqual(Split) ? ForcedPlan.Force(RowStrategy.SplitRows) : null)
+        {
+            actual = Oracle.Ours(path, x, Groups, w, b, Eps, dy, activation);
+            inference = InferOurs(path, x, w, b, activation);
+            if (split is not null)
+            {
+                Assert.That(split.Plans, Has.Count.EqualTo(3), "forward, backward and inference plans under the forced split");
+                Assert.That(split.Plans.Select(p => p.Blocks), Is.All.GreaterThanOrEqualTo(3), "blocks per row of each plan");
+            }
+        }
 
         AssertSameValues(actual, expected, dtype);
         AssertOnlyGroupNonFinite(actual.Y, n, g, d, "y");
         AssertOnlyGroupNonFinite(actual.Dx!, n, g, d, "dx");
-        var inference = InferOurs(path, x, w, b, activation);
         AssertSameKinds(inference, actual.Y, "y under no_grad vs y with a graph");
     }
 

@@ -71,6 +71,18 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
 
     public override string Name => "GroupNormBackward";
 
+    /// <summary>Which way the last forward on this thread went: tests show that a no-graph call skipped the node.</summary>
+    [ThreadStatic]
+    private static ForwardRoute t_lastForward;
+
+    /// <summary>Which way the last backward on this thread went: tests show that create_graph took the recorded formulas.</summary>
+    [ThreadStatic]
+    private static BackwardRoute t_lastBackward;
+
+    internal static ForwardRoute LastForward => t_lastForward;
+
+    internal static BackwardRoute LastBackward => t_lastBackward;
+
     /// <summary>Runs GroupNorm on validated arguments, recording a graph node only when a gradient can flow.</summary>
     public static Tensor Apply(Tensor input, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps, Activation activation)
     {
@@ -81,12 +93,14 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         if (!need.Any || !torch.is_grad_enabled())
         {
             // Inference: no graph, so skip the node and its bookkeeping entirely.
+            t_lastForward = ForwardRoute.Inference;
             return KernelSelector.Infer(kernel, input, Epilogue.Of(input, weight, bias, activation), shape, eps);
         }
 
         var release = t_releaseAfterApply ??= new List<Tensor>(4);
         var contexts = t_contextsAfterApply ??= new List<autograd.AutogradContext>(1);
         int mark = release.Count, contextMark = contexts.Count;
+        t_lastForward = ForwardRoute.Graph;
         try
         {
             return apply(input, weight, bias, new Settings(shape, eps, activation, kernel, need));
@@ -174,7 +188,9 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
                 : new Statistics(null, saved[next], saved[next + 1]);
             var epilogue = new Epilogue(weight, bias, settings.Activation, settings.ParameterType);
 
-            (dx, dweight, dbias) = torch.is_grad_enabled()
+            bool recorded = torch.is_grad_enabled();
+            t_lastBackward = recorded ? BackwardRoute.Recorded : BackwardRoute.Kernel;
+            (dx, dweight, dbias) = recorded
                 ? DifferentiableBackward.Compute(gradOutput, x, epilogue, statistics, settings.Shape, settings.Eps, need)
                 : KernelSelector.Backward(settings.Kernel, gradOutput, x, statistics, epilogue, settings.Shape, need);
 
@@ -188,4 +204,28 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         // One entry per forward argument: x, weight, bias, settings. Absent gradients are null.
         return new List<Tensor> { dx!, dweight!, dbias!, null! };
     }
+}
+
+/// <summary>How a forward call ran (see <see cref="GroupNormFunction.LastForward"/>).</summary>
+internal enum ForwardRoute
+{
+    None,
+
+    /// <summary>No gradient can flow: the kernel alone, no graph node.</summary>
+    Inference,
+
+    /// <summary>Through the autograd Function, saving what backward needs.</summary>
+    Graph,
+}
+
+/// <summary>How a backward call ran (see <see cref="GroupNormFunction.LastBackward"/>).</summary>
+internal enum BackwardRoute
+{
+    None,
+
+    /// <summary>The forward's kernel family, on its saved statistics.</summary>
+    Kernel,
+
+    /// <summary>create_graph: <see cref="DifferentiableBackward"/>'s recorded tensor formulas.</summary>
+    Recorded,
 }

@@ -30,8 +30,10 @@ internal static class DeviceGenericKernel
         var (variance, mean) = grouped.var_mean(new long[] { 2 }, unbiased: false);
         var rstd = variance.add_(eps).rsqrt_();
 
-        var (scale, shift) = ScaleShift(mean, rstd, weight, bias, s, opmath);
-        var y = PreActivation(x, mean, scale, shift, bias, s, opmath, BroadcastShape(x.ndim, s));
+        var view = BroadcastShape(x.ndim, s);
+        // x − μ per channel, in x's layout (a half x is promoted to the opmath type by the subtraction).
+        var centred = x - mean.view(s.N, s.G, 1).expand(s.N, s.G, s.D).reshape(view);
+        var y = PreActivation(centred, Scale(rstd, weight, s, opmath), bias, opmath, view);
         // In the opmath type, before a half input's output is rounded once.
         if (activation == Activation.SiLU) y = y.silu_();
         else if (activation == Activation.ReLU) y = y.relu_();
@@ -59,8 +61,7 @@ internal static class DeviceGenericKernel
         if (activation != Activation.None)
         {
             // The pre-activation, rebuilt as forward formed it rather than saved; from here on dy is dz.
-            var (scale, shift) = ScaleShift(mean.to(opmath), r.view(s.N, s.G), weight, bias, s, opmath);
-            var z = PreActivation(xs, m, scale, shift, bias, s, opmath, new[] { s.N, s.G, s.D, 1L });
+            var z = PreActivation(centred, Scale(r.view(s.N, s.G), weight, s, opmath), bias, opmath, new[] { s.N, s.G, s.D, 1L });
             dys = ActivationGradient(dys, z, activation);
         }
         var sumA = dys.sum(dim: 3);                // A[n, g, j] = Σ_s dy
@@ -102,35 +103,30 @@ internal static class DeviceGenericKernel
         return (dx?.MoveToOuterDisposeScope(), dweight?.MoveToOuterDisposeScope(), dbias?.MoveToOuterDisposeScope());
     }
 
-    /// <summary>
-    /// The pre-activation's per-(n, c) constants, z = x·scale + shift: scale = r·γ[c], shift = β[c] − μ·scale,
-    /// shaped (N, G, D); mean and rstd are (N, G) in the opmath type.
-    /// </summary>
-    private static (Tensor Scale, Tensor Shift) ScaleShift(Tensor mean, Tensor rstd, Tensor? weight, Tensor? bias, GroupNormShape s, ScalarType opmath)
+    /// <summary>The per-(n, c) scale r·γ[c], shaped (N, G, D), from the (N, G) rstd in the opmath type.</summary>
+    private static Tensor Scale(Tensor rstd, Tensor? weight, GroupNormShape s, ScalarType opmath)
     {
         var r = rstd.view(s.N, s.G, 1);
-        var scale = weight is null ? r.expand(s.N, s.G, s.D) : r * weight.to(opmath).view(1, s.G, s.D);
-        var shift = mean.view(s.N, s.G, 1) * scale;
-        shift = bias is null ? shift.neg_() : bias.to(opmath).view(1, s.G, s.D) - shift;
-        return (scale, shift);
+        return weight is null ? r.expand(s.N, s.G, s.D) : r * weight.to(opmath).view(1, s.G, s.D);
     }
 
     /// <summary>
-    /// z = x·scale + shift (one fused addcmul), with <see cref="ScaleShift"/>'s coefficients and the (N, G)
-    /// mean viewed as <paramref name="view"/>: (N, C, 1, …) against x itself in forward, so that y keeps x's
-    /// layout, and (N, G, D, 1) against x grouped in backward, where z is rebuilt exactly as forward formed it.
+    /// z = (x − μ)·scale + β, with <paramref name="scale"/> and β viewed as <paramref name="view"/>: (N, C, 1, …)
+    /// against x itself in forward, so that y keeps x's layout, and (N, G, D, 1) against x grouped in
+    /// backward, where z is rebuilt exactly as forward formed it.
+    /// <para>
+    /// Centred first, not folded into x·scale + (β − μ·scale): the fold is one pass fewer, but when
+    /// |μ| ≫ σ both of its terms are |μ|/σ times larger than z and their float32 roundings stay in z
+    /// (measured on float16 at mean 1000: y 9e-3 off in groups whose values were all equal, where z must be
+    /// β exactly). x − μ is exact there, so z keeps the accuracy of μ itself.
+    /// </para>
     /// </summary>
-    private static Tensor PreActivation(Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor? bias, GroupNormShape s, ScalarType opmath, long[] view)
+    private static Tensor PreActivation(Tensor centred, Tensor scale, Tensor? bias, ScalarType opmath, long[] view)
     {
-        if (s.GroupSize != 1) return torch.addcmul(shift.reshape(view), x, scale.reshape(view), 1);
-        // One element per group (D = S = 1, so the mean views as the coefficients do): x − μ is exactly 0
-        // and z must be exactly β, but the fold x·scale + (β − μ·scale) leaves the rounding of μ·scale behind.
-        // Such groups are centred first; their tensors hold N·C values, so the extra operation is cheap.
-        var z = (x - mean.reshape(view)).mul_(scale.reshape(view));
-        if (bias is null) return z;
+        if (bias is null) return centred * scale.reshape(view);
         var biasView = (long[])view.Clone();
         biasView[0] = 1;
-        return z.add_(bias.to(opmath).reshape(biasView));
+        return torch.addcmul(bias.to(opmath).reshape(biasView), centred, scale.reshape(view), 1);
     }
 
     /// <summary>

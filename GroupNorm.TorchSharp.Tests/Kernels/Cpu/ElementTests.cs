@@ -130,4 +130,62 @@ public sealed unsafe class ElementTests
             Assert.That(BFloat16Element.Narrow(values[i]), Is.EqualTo(expected), $"scalar path, {values[i]:R}");
         }
     }
+
+    /// <summary>
+    /// The pair store (<see cref="IElement{TS, T}.StorePair"/>), which on AVX-512 rounds bfloat16 as one 512-bit
+    /// vector with its own code, against the scalar conversion, bit for bit, on every rounding case: each
+    /// element of the pair, at both vector positions. The Test task runs this again with AVX-512 off and with
+    /// SIMD off, where the pair store is two plain stores.
+    /// </summary>
+    [Test]
+    public void PairStoresRoundAsTheScalarConversion()
+    {
+        var values = RoundingCases();
+        // Pairs of vectors: pad to a multiple of two vectors.
+        var padded = new float[(values.Length + 2 * Lanes - 1) / (2 * Lanes) * 2 * Lanes];
+        values.CopyTo(padded, 0);
+        var bfloat = new ushort[padded.Length];
+        var half = new Half[padded.Length];
+        var single = new float[padded.Length];
+        var wide = new double[padded.Length];
+        var wideSource = Array.ConvertAll(padded, v => (double)v);
+        fixed (float* src = padded)
+        fixed (double* wideSrc = wideSource)
+        fixed (ushort* b = bfloat)
+        fixed (Half* h = half)
+        fixed (float* f = single)
+        fixed (double* d = wide)
+        {
+            for (int i = 0; i < padded.Length; i += 2 * Lanes)
+            {
+                var v0 = NativeElement<float>.Load(src + i);
+                var v1 = NativeElement<float>.Load(src + i + Lanes);
+                BFloat16Element.StorePair(b + i, v0, v1);
+                Float16Element.StorePair(h + i, v0, v1);
+                NativeElement<float>.StorePair(f + i, v0, v1);
+            }
+            for (int i = 0; i < padded.Length; i += 2 * Vector<double>.Count)
+                NativeElement<double>.StorePair(d + i, NativeElement<double>.Load(wideSrc + i), NativeElement<double>.Load(wideSrc + i + Vector<double>.Count));
+        }
+        TestContext.Out.WriteLine($"Vector<float>.Count {Lanes}, AVX-512F {System.Runtime.Intrinsics.X86.Avx512F.IsSupported}: " +
+            (Lanes == 8 && System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? "the 512-bit bfloat16 pair store runs" : "pair stores are two stores"));
+        int mismatches = 0;
+        var first = new System.Text.StringBuilder();
+        void Check(bool equal, int i, string what)
+        {
+            if (equal) return;
+            if (mismatches++ < 5) first.Append(System.Globalization.CultureInfo.InvariantCulture, $"\n  {what} at {i} (0x{BitConverter.SingleToUInt32Bits(padded[i]):X8})");
+        }
+        for (int i = 0; i < padded.Length; i++)
+        {
+            float v = padded[i];
+            ushort expectedBFloat = BFloat16Element.Narrow(v);
+            Check(float.IsNaN(v) ? float.IsNaN(BFloat16Element.Widen(bfloat[i])) : bfloat[i] == expectedBFloat, i, "bfloat16");
+            var expectedHalf = (Half)v;
+            Check(Half.IsNaN(expectedHalf) ? Half.IsNaN(half[i]) : BitConverter.HalfToUInt16Bits(half[i]) == BitConverter.HalfToUInt16Bits(expectedHalf), i, "float16");
+            Check(BitConverter.SingleToUInt32Bits(single[i]) == BitConverter.SingleToUInt32Bits(v), i, "float32");
+            Check(BitConverter.DoubleToUInt64Bits(wide[i]) == BitConverter.DoubleToUInt64Bits(wideSource[i]), i, "float64");
+        }
+        Assert.That(mismatches, Is.Zero, $"pair stores differing from the scalar conversion:{first}");
+    }
 }

@@ -97,8 +97,9 @@ public sealed unsafe class LayerThreadingTests
                     }
                     Dispose(actual);
                 }
-                if (split is not null && split.Plans.Any(p => p.Blocks < 2))
-                    lock (failures) failures.Add($"caller {k}: a forced split was not planned");
+                // Forward and backward each plan once per round; an empty list would mean the forcing did nothing.
+                if (split is not null && (split.Plans.Count != 2 * rounds || split.Plans.Any(p => p.Blocks < 2)))
+                    lock (failures) failures.Add($"caller {k}: {split.Plans.Count} plans under the forced split, {split.Plans.Count(p => p.Blocks >= 2)} split, expected {2 * rounds} split");
             }
 #pragma warning disable CA1031 // Reported through the assertion below, on the test's thread.
             catch (Exception e)
@@ -122,29 +123,35 @@ public sealed unsafe class LayerThreadingTests
     };
 
     /// <summary>
-    /// The parallel runtime really runs a loop's work on more than one thread, on each backend: a real
-    /// forward and backward with two threads asked for must see a second thread run work items. The
-    /// recording holds the first thread's chunk until a second thread runs one (or 5 s pass), so that a
-    /// caller that finishes every item before a worker wakes cannot make a working runtime look serial.
+    /// The parallel runtime really runs a layer's work on as many threads as it is given, on each backend,
+    /// one more than the machine has cores: a real forward and backward on forced split rows (at least four
+    /// items per thread) must report that count and see that many distinct threads run work items. The
+    /// recording holds each thread's first chunk until all have run one (or 5 s pass), so that a caller that
+    /// finishes every item before a worker wakes cannot make a working runtime look serial.
     /// </summary>
     [Test]
-    public void KernelWorkRunsOnMoreThanOneThread([Values] bool openMp)
+    public void KernelWorkRunsOnEveryThreadGiven([Values] bool openMp)
     {
         StrategyParityTests.RequireBackend(openMp);
         var (x, w, b, dy) = Inputs(10);
         int caller = Environment.CurrentManagedThreadId;
+        int given = Environment.ProcessorCount + 1;
         IReadOnlyCollection<int> seen;
+        IReadOnlyList<WorkPlan> plans;
         using (ParallelForTests.Force(openMp))
-        using (ForcedPlan.Force(threads: 2))
-        using (var recording = ExecutingThreads.Record(TimeSpan.FromSeconds(5)))
+        using (var plan = ForcedPlan.Force(RowStrategy.SplitRows, threads: given))
+        using (var recording = ExecutingThreads.Record(TimeSpan.FromSeconds(5), given))
         {
             Dispose(Compute(x, w, b, dy));
-            Assert.That(ParallelFor.LastThreads, Is.EqualTo(2), "threads backward's loop was given");
+            Assert.That(ParallelFor.LastThreads, Is.EqualTo(given), "threads backward's last loop ran on");
             seen = recording.Threads;
+            plans = plan.Plans;
         }
         Assert.Multiple(() =>
         {
-            Assert.That(seen, Has.Count.GreaterThan(1), "distinct threads that ran work items of a forward and backward");
+            Assert.That(plans, Has.Count.EqualTo(2), "forward's and backward's plans");
+            Assert.That(plans.Select(p => p.Items), Is.All.GreaterThanOrEqualTo(given), "work items per loop");
+            Assert.That(seen, Has.Count.EqualTo(given), "distinct threads that ran work items of a forward and backward");
             Assert.That(seen, Does.Contain(caller), "the caller works too");
         });
         x.Dispose();

@@ -102,6 +102,35 @@ public sealed unsafe class ParallelForTests
         for (long i = start; i < end; i++) hits[i]++;
     }
 
+    /// <summary>
+    /// A count above the machine's cores is honoured, as libtorch's OpenMP team honours
+    /// torch.set_num_threads above them: the loop reports that many threads and that many distinct threads
+    /// run its items (each holds its first chunk until all have arrived, or 5 s pass). Before, our own
+    /// threads were capped at the core count while the loop reported the count asked for.
+    /// </summary>
+    [Test]
+    public void MoreThreadsThanCoresRunWhenAskedFor([Values] bool openMp)
+    {
+        if (openMp && !OpenMpTeam.Available) Assert.Ignore(OpenMpTeam.Unavailable!);
+        int threads = Environment.ProcessorCount + 1;
+        var hits = new int[64 * threads];
+        System.Collections.Generic.IReadOnlyCollection<int> seen;
+        int reported;
+        using (Force(openMp))
+        using (var recording = ExecutingThreads.Record(TimeSpan.FromSeconds(5), threads))
+        {
+            Run(hits.Length, threads, i => Interlocked.Increment(ref hits[i]));
+            reported = ParallelFor.LastThreads;
+            seen = recording.Threads;
+        }
+        Assert.Multiple(() =>
+        {
+            Assert.That(reported, Is.EqualTo(threads), "threads the loop reports it ran on");
+            Assert.That(seen, Has.Count.EqualTo(threads), "distinct threads that ran items");
+            Assert.That(hits, Is.All.EqualTo(1));
+        });
+    }
+
     /// <summary>A loop started from inside a loop's item runs on that item's thread, as libtorch's parallel_for does.</summary>
     [Test]
     public void ANestedLoopRunsEveryItemOnce([Values] bool openMp)

@@ -19,19 +19,23 @@ internal sealed class ExecutingThreads : IDisposable
 
     private readonly ConcurrentDictionary<int, byte> _threads = new();
     private readonly long _holdUntil;
+    private readonly int _awaited;
 
-    private ExecutingThreads(TimeSpan hold) =>
+    private ExecutingThreads(TimeSpan hold, int awaited)
+    {
         _holdUntil = Stopwatch.GetTimestamp() + (long)(hold.TotalSeconds * Stopwatch.Frequency);
+        _awaited = awaited;
+    }
 
     /// <summary>
     /// Starts recording; one recording at a time in the process. With a <paramref name="hold"/>, a thread
-    /// that runs a chunk waits until a second thread has run one, or until the hold has passed since the
-    /// recording started: otherwise a caller that finishes every chunk before a worker wakes (a small
-    /// tensor, a loaded machine) would make a working runtime look serial.
+    /// that runs a chunk waits until <paramref name="threads"/> threads have run one, or until the hold has
+    /// passed since the recording started: otherwise a caller that finishes every chunk before a worker
+    /// wakes (a small tensor, a loaded machine) would make a working runtime look serial.
     /// </summary>
-    public static ExecutingThreads Record(TimeSpan hold = default)
+    public static ExecutingThreads Record(TimeSpan hold = default, int threads = 2)
     {
-        var recording = new ExecutingThreads(hold);
+        var recording = new ExecutingThreads(hold, threads);
         if (Interlocked.CompareExchange(ref s_active, recording, null) is not null)
             throw new InvalidOperationException("Another recording of executing threads is active.");
         return recording;
@@ -52,7 +56,7 @@ internal sealed class ExecutingThreads : IDisposable
     {
         _threads.TryAdd(Environment.CurrentManagedThreadId, 0);
         var spin = new SpinWait();
-        while (_threads.Count < 2 && Stopwatch.GetTimestamp() < _holdUntil) spin.SpinOnce();
+        while (_threads.Count < _awaited && Stopwatch.GetTimestamp() < _holdUntil) spin.SpinOnce();
     }
 
     public void Dispose() => Interlocked.CompareExchange(ref s_active, null, this);

@@ -29,29 +29,41 @@ internal static unsafe class KernelThreads
     private const int SpinMicroseconds = 30;
     private static readonly long SpinTicks = Stopwatch.Frequency * SpinMicroseconds / 1_000_000;
 
-    private static readonly Lazy<Worker[]> Workers = new(StartWorkers, LazyThreadSafetyMode.ExecutionAndPublication);
+    /// <summary>The most threads a job can use, the caller included.</summary>
+    public const int MaxThreads = 256;
 
-    /// <summary>The most threads a job can use: the workers and the caller.</summary>
-    public static int MaxThreads => Math.Clamp(Environment.ProcessorCount, 2, 256);
+    // Workers 1, 2, … in order; only the first s_started exist. A job asking for more threads than have
+    // started starts the missing ones, so a count forced above the core count (tests, or
+    // torch.set_num_threads above it, which libtorch's OpenMP team honours too) really gets that many.
+    private static readonly Worker?[] s_workers = new Worker?[MaxThreads - 1];
+    private static readonly object s_startLock = new();
+    private static int s_started;
 
-    /// <summary>Runs <paramref name="body"/> over [0, <paramref name="count"/>) on up to <paramref name="threads"/> threads.</summary>
-    public static void Run(long count, int threads, delegate*<void*, long, long, void> body, void* state)
+    /// <summary>
+    /// Runs <paramref name="body"/> over [0, <paramref name="count"/>) on <paramref name="threads"/> threads
+    /// (at most <see cref="MaxThreads"/>, and no more than there are items); returns the count used.
+    /// </summary>
+    public static int Run(long count, int threads, delegate*<void*, long, long, void> body, void* state)
     {
-        var workers = Workers.Value;
-        threads = (int)Math.Min(Math.Min(threads, workers.Length + 1), count);
+        threads = (int)Math.Min(Math.Min(threads, MaxThreads), count);
+        if (Volatile.Read(ref s_started) < threads - 1) StartWorkers(threads - 1);
         var job = new Job(new ParallelJob(count, threads, body, state));
-        for (int w = 0; w < threads - 1; w++) workers[w].Post(job);
+        for (int w = 0; w < threads - 1; w++) s_workers[w]!.Post(job);
         job.Items.Work(0);
         var spin = new SpinWait();
         while (!job.Items.Finished) spin.SpinOnce(sleep1Threshold: -1);
         job.Items.ThrowIfFailed();
+        return threads;
     }
 
-    private static Worker[] StartWorkers()
+    private static void StartWorkers(int wanted)
     {
-        var workers = new Worker[MaxThreads - 1];
-        for (int i = 0; i < workers.Length; i++) workers[i] = new Worker(i + 1);
-        return workers;
+        lock (s_startLock)
+        {
+            for (int i = s_started; i < wanted; i++) s_workers[i] = new Worker(i + 1);
+            // Published after the workers themselves, so that a reader of the count finds them.
+            Volatile.Write(ref s_started, Math.Max(s_started, wanted));
+        }
     }
 
     /// <summary>A job on the heap: workers may still look at it after its caller has returned.</summary>

@@ -24,6 +24,7 @@ internal static unsafe class OpenMpTeam
     private static readonly delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void> s_parallel;
     private static readonly delegate* unmanaged<int> s_inParallel;
     private static readonly delegate* unmanaged<int> s_threadNum;
+    private static readonly delegate* unmanaged<int> s_numThreads;
 
 #pragma warning disable CA1810 // One lookup decides every field together; an initializer per field would repeat it.
     static OpenMpTeam()
@@ -34,16 +35,18 @@ internal static unsafe class OpenMpTeam
         {
             if (NativeLibrary.TryGetExport(runtime.Handle, "GOMP_parallel", out var parallel)
                 && NativeLibrary.TryGetExport(runtime.Handle, "omp_in_parallel", out var inParallel)
-                && NativeLibrary.TryGetExport(runtime.Handle, "omp_get_thread_num", out var threadNum))
+                && NativeLibrary.TryGetExport(runtime.Handle, "omp_get_thread_num", out var threadNum)
+                && NativeLibrary.TryGetExport(runtime.Handle, "omp_get_num_threads", out var numThreads))
             {
                 s_parallel = (delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void>)parallel;
                 s_inParallel = (delegate* unmanaged<int>)inParallel;
                 s_threadNum = (delegate* unmanaged<int>)threadNum;
+                s_numThreads = (delegate* unmanaged<int>)numThreads;
                 RuntimePath = runtime.Path;
                 Unavailable = null;
                 return;
             }
-            reason = $"{runtime.Path} lacks GOMP_parallel, omp_in_parallel or omp_get_thread_num";
+            reason = $"{runtime.Path} lacks GOMP_parallel, omp_in_parallel, omp_get_thread_num or omp_get_num_threads";
         }
         Unavailable = reason;
     }
@@ -63,11 +66,15 @@ internal static unsafe class OpenMpTeam
     /// <summary>This thread's number in its team (0 outside a region).</summary>
     public static int ThreadNum => s_threadNum();
 
-    /// <summary>Runs <paramref name="job"/> on a team of <paramref name="threads"/> threads, the caller included.</summary>
-    public static void Run(ParallelJob* job, int threads)
+    /// <summary>
+    /// Runs <paramref name="job"/> on a team of up to <paramref name="threads"/> threads, the caller included;
+    /// returns the team's size, which the runtime may make smaller (OMP_THREAD_LIMIT, OMP_DYNAMIC).
+    /// </summary>
+    public static int Run(ParallelJob* job, int threads)
     {
         s_parallel(&Region, job, (uint)threads, 0);
         job->ThrowIfFailed();
+        return job->Team;
     }
 
     /// <summary>
@@ -81,7 +88,13 @@ internal static unsafe class OpenMpTeam
     }
 
     [UnmanagedCallersOnly]
-    private static void Region(void* job) => ((ParallelJob*)job)->Work(s_threadNum());
+    private static void Region(void* job)
+    {
+        var items = (ParallelJob*)job;
+        int thread = s_threadNum();
+        if (thread == 0) items->Team = s_numThreads();
+        items->Work(thread);
+    }
 
     private struct EveryThread
     {

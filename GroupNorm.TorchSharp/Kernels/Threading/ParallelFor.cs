@@ -24,7 +24,10 @@ internal static unsafe class ParallelFor
     [ThreadStatic]
     private static int t_lastThreads;
 
-    /// <summary>How many threads the last loop on this thread was given (1: it ran on the caller alone).</summary>
+    /// <summary>
+    /// How many threads the last loop on this thread ran on, the caller included (1: the caller alone), as
+    /// the backend started them: after every cap, not the count asked for.
+    /// </summary>
     internal static int LastThreads => t_lastThreads;
 
     /// <summary>The backend loops on this thread use.</summary>
@@ -64,15 +67,14 @@ internal static unsafe class ParallelFor
             body(state, 0, count);
             return;
         }
-        t_lastThreads = threads;
         if (backend == ParallelBackend.OpenMp)
         {
             var job = new ParallelJob(count, threads, body, state);
-            OpenMpTeam.Run(&job, threads);
+            t_lastThreads = OpenMpTeam.Run(&job, threads);
         }
         else
         {
-            KernelThreads.Run(count, threads, body, state);
+            t_lastThreads = KernelThreads.Run(count, threads, body, state);
         }
     }
 

@@ -52,6 +52,9 @@ internal unsafe struct ParallelJob
 
     public readonly long Count => _count;
 
+    /// <summary>The size of the team that ran the job, when its runtime reports one (see <see cref="OpenMpTeam.Run"/>).</summary>
+    public int Team;
+
     /// <summary>
     /// Runs chunks of <paramref name="thread"/>'s own range, then of the others', until none is left.
     /// Never throws: it may run under native code.

@@ -80,7 +80,16 @@ public sealed class TrainingSmokeTests
             var settings = new TrainSettings { BatchSize = 16, Epochs = 1, LearningRate = 0.05, ChannelsLast = cl, Seed = 3 };
             return Trainer.Run(settings, train, test, new SilentProgressDisplay()).FinalTestLoss;
         }
-        Assert.That(LossAfterOneStep(true), Is.EqualTo(LossAfterOneStep(false)).Within(1e-4).Percent);
+        // The two layouts run the same arithmetic in other summation orders (libtorch picks convolution
+        // algorithms per layout and thread count), so the losses may differ by float32 rounding only: three
+        // passes (forward, backward, forward after the step) through ResNet-20's 39 layers (19 convolutions,
+        // 19 norms, the classifier), each reduction of at most K = 2,048 terms (a norm group of 2 channels × 32 × 32)
+        // losing log2 K + 4 = 15 roundings of 2^-24: 1.1e-4 of the loss. Measured here: identical. A layout
+        // read the wrong way changes the loss by percents.
+        double margin = 3 * 39 * (Math.Log2(2048) + 4) * Math.Pow(2, -24);
+        double loss = LossAfterOneStep(false), lossChannelsLast = LossAfterOneStep(true);
+        TestContext.Out.WriteLine($"loss after one step: NCHW {loss:R}, channels_last {lossChannelsLast:R}, margin {margin:E2} relative");
+        Assert.That(Math.Abs(lossChannelsLast - loss), Is.LessThanOrEqualTo(margin * Math.Abs(loss)), "channels_last loss against NCHW's");
     }
 
     [Test]
