@@ -182,7 +182,7 @@ public sealed class AccuracyTests
     /// The same fixed bounds for the device-generic path (CUDA's, and CPU's for other dtypes), which keeps
     /// its statistics in float32 as libtorch does. At zero mean that costs nothing: measured worst 1.5e-7
     /// (dweight), under the fused path's bound of 1e-6. At mean 1e4 rounding μ to float32 alone moves x̂ by
-    /// up to 2^-24·|μ|/σ ≈ 6e-4; measured y 2.4e-4, dx 2.2e-5, dweight 4.4e-4, dbias 1.7e-7, so 2e-3 (4.5×
+    /// up to 2^-24·|μ|/σ ≈ 6e-4; measured y 1.3e-4 (2.4e-4 before forward centred x on μ), dx 2.2e-5, dweight 4.4e-4, dbias 1.7e-7, so 2e-3 (4.5×
     /// the worst) for the outputs that see μ, and 1e-6 for dbias = Σ dy, which does not.
     /// </summary>
     [Test]

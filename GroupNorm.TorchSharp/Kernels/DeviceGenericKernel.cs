@@ -9,9 +9,10 @@ namespace GroupNormalization.Kernels;
 /// tests run it beside the fused kernels as a second implementation. Formulas: <see cref="GroupNormMath"/>.
 /// <para>
 /// Statistics and coefficients are computed in the "opmath" type (float32 for half types, otherwise the
-/// input's own). Forward folds γ, β, μ and r into per-(n, c) scale and shift so that the output is one
-/// fused addcmul over x, then applies the activation in place. Backward rebuilds the pre-activation for
-/// act′(z) and uses the centred sums B = Σ dz·(x − μ), not Σ dz·x − μ·Σ dz.
+/// input's own). Forward centres x on μ, then scales by the per-(n, c) r·γ and adds β in one fused addcmul
+/// (see <see cref="PreActivation"/> for why not fold μ into the shift), then applies the activation in
+/// place. Backward rebuilds the pre-activation for act′(z) and uses the centred sums B = Σ dz·(x − μ),
+/// not Σ dz·x − μ·Σ dz.
 /// </para>
 /// </summary>
 internal static class DeviceGenericKernel
