@@ -136,6 +136,7 @@ public sealed unsafe class LayerThreadingTests
         var (x, w, b, dy) = Inputs(10);
         int caller = Environment.CurrentManagedThreadId;
         int given = Environment.ProcessorCount + 1;
+        ParallelForTests.RequireTeamOf(openMp, given);
         IReadOnlyCollection<int> seen;
         IReadOnlyList<WorkPlan> plans;
         using (ParallelForTests.Force(openMp))

@@ -113,6 +113,7 @@ public sealed unsafe class ParallelForTests
     {
         if (openMp && !OpenMpTeam.Available) Assert.Ignore(OpenMpTeam.Unavailable!);
         int threads = Environment.ProcessorCount + 1;
+        RequireTeamOf(openMp, threads);
         var hits = new int[64 * threads];
         System.Collections.Generic.IReadOnlyCollection<int> seen;
         int reported;
@@ -205,6 +206,13 @@ public sealed unsafe class ParallelForTests
         // Hold every thread until both have arrived, so that neither can be the other.
         var deadline = DateTime.UtcNow.AddSeconds(5);
         while (seen.Count < 2 && DateTime.UtcNow < deadline) Thread.SpinWait(100);
+    }
+
+    /// <summary>Ignores a test whose OpenMP team would be cut below <paramref name="threads"/> by the runtime's own limit.</summary>
+    internal static void RequireTeamOf(bool openMp, int threads)
+    {
+        if (openMp && OpenMpTeam.ThreadLimit < threads)
+            Assert.Ignore($"libtorch's OpenMP runtime limits a team to {OpenMpTeam.ThreadLimit} threads (OMP_THREAD_LIMIT); this test needs {threads}.");
     }
 
     /// <summary>Runs a managed lambda through the loop's function-pointer interface.</summary>

@@ -25,6 +25,7 @@ internal static unsafe class OpenMpTeam
     private static readonly delegate* unmanaged<int> s_inParallel;
     private static readonly delegate* unmanaged<int> s_threadNum;
     private static readonly delegate* unmanaged<int> s_numThreads;
+    private static readonly delegate* unmanaged<int> s_threadLimit;
 
 #pragma warning disable CA1810 // One lookup decides every field together; an initializer per field would repeat it.
     static OpenMpTeam()
@@ -42,6 +43,9 @@ internal static unsafe class OpenMpTeam
                 s_inParallel = (delegate* unmanaged<int>)inParallel;
                 s_threadNum = (delegate* unmanaged<int>)threadNum;
                 s_numThreads = (delegate* unmanaged<int>)numThreads;
+                // Optional: only tests read it, to tell a runtime limit from a lost thread.
+                if (NativeLibrary.TryGetExport(runtime.Handle, "omp_get_thread_limit", out var threadLimit))
+                    s_threadLimit = (delegate* unmanaged<int>)threadLimit;
                 RuntimePath = runtime.Path;
                 Unavailable = null;
                 return;
@@ -62,6 +66,9 @@ internal static unsafe class OpenMpTeam
 
     /// <summary>Whether the calling thread is already inside a parallel region (then nested regions run serially).</summary>
     public static bool InParallel => s_inParallel() != 0;
+
+    /// <summary>The most threads the runtime gives a team (OMP_THREAD_LIMIT), or int.MaxValue when it does not say.</summary>
+    public static int ThreadLimit => s_threadLimit != null ? s_threadLimit() : int.MaxValue;
 
     /// <summary>This thread's number in its team (0 outside a region).</summary>
     public static int ThreadNum => s_threadNum();
