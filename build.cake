@@ -62,6 +62,22 @@ var testProjects = new[]
 
 const string LargeMemoryExcluded = "TestCategory!=LargeMemory";
 
+// One test project on the build under test, its results in <results>/<name>.trx.
+void RunTestProject(string project, ConvertableDirectoryPath results, string name, string filter, Dictionary<string, string> environment, string verbosity)
+{
+    DotNetTest(project, new DotNetTestSettings
+    {
+        Configuration = configuration,
+        NoBuild = true,
+        NoRestore = true,
+        MSBuildSettings = Props(),
+        ResultsDirectory = results,
+        Filter = filter,
+        EnvironmentVariables = environment ?? new Dictionary<string, string>(),
+        Loggers = new[] { $"trx;LogFileName={name}.trx", $"console;verbosity={verbosity}" },
+    });
+}
+
 // Packs first: GroupNorm.TorchSharp.Tests/Packaging opens the package in artifacts/packages.
 Task("Test")
     .IsDependentOn("Setup")
@@ -77,18 +93,9 @@ Task("Test")
         var name = System.IO.Path.GetFileNameWithoutExtension(project);
         try
         {
-            DotNetTest(project, new DotNetTestSettings
-            {
-                Configuration = configuration,
-                NoBuild = true,
-                NoRestore = true,
-                MSBuildSettings = Props(),
-                ResultsDirectory = results,
-                // An [Explicit] test left out of a run still counts in the TRX total, where .ci/run would
-                // report it as skipped; the 8 GiB one has its own task (TestLargeMemory).
-                Filter = LargeMemoryExcluded,
-                Loggers = new[] { $"trx;LogFileName={name}.trx", "console;verbosity=normal" },
-            });
+            // An [Explicit] test left out of a run still counts in the TRX total, where .ci/run would
+            // report it as skipped; the 8 GiB one has its own task (TestLargeMemory).
+            RunTestProject(project, results, name, LargeMemoryExcluded, null, "normal");
         }
         catch (CakeException e)
         {
@@ -104,17 +111,9 @@ Task("Test")
         var name = $"GroupNorm.TorchSharp.Tests-{suffix}";
         try
         {
-            DotNetTest("./GroupNorm.TorchSharp.Tests/GroupNorm.TorchSharp.Tests.csproj", new DotNetTestSettings
-            {
-                Configuration = configuration,
-                NoBuild = true,
-                NoRestore = true,
-                MSBuildSettings = Props(),
-                ResultsDirectory = results,
-                Filter = $"(FullyQualifiedName~.Parity.|FullyQualifiedName~.Kernels.|FullyQualifiedName~.Autograd.)&FullyQualifiedName!~Cuda&{LargeMemoryExcluded}",
-                EnvironmentVariables = new Dictionary<string, string> { [variable] = "0" },
-                Loggers = new[] { $"trx;LogFileName={name}.trx", "console;verbosity=minimal" },
-            });
+            RunTestProject("./GroupNorm.TorchSharp.Tests/GroupNorm.TorchSharp.Tests.csproj", results, name,
+                $"(FullyQualifiedName~.Parity.|FullyQualifiedName~.Kernels.|FullyQualifiedName~.Autograd.)&FullyQualifiedName!~Cuda&{LargeMemoryExcluded}",
+                new Dictionary<string, string> { [variable] = "0" }, "minimal");
         }
         catch (CakeException e)
         {
@@ -149,17 +148,8 @@ Task("TestShuffled")
             var name = System.IO.Path.GetFileNameWithoutExtension(project);
             try
             {
-                DotNetTest(project, new DotNetTestSettings
-                {
-                    Configuration = configuration,
-                    NoBuild = true,
-                    NoRestore = true,
-                    MSBuildSettings = Props(),
-                    ResultsDirectory = results,
-                    Filter = LargeMemoryExcluded,
-                    EnvironmentVariables = new Dictionary<string, string> { ["GROUPNORM_TEST_ORDER_SEED"] = seed.ToString(System.Globalization.CultureInfo.InvariantCulture) },
-                    Loggers = new[] { $"trx;LogFileName={name}.trx", "console;verbosity=minimal" },
-                });
+                RunTestProject(project, results, name, LargeMemoryExcluded,
+                    new Dictionary<string, string> { ["GROUPNORM_TEST_ORDER_SEED"] = seed.ToString(System.Globalization.CultureInfo.InvariantCulture) }, "minimal");
             }
             catch (CakeException e)
             {

@@ -138,7 +138,7 @@ public sealed class DegenerateGroupTests
                         // The fused kernel's own exponential, not libtorch's: silu(β) to within an ulp of either
                         // side's rounding (β itself is exact, so this bounds only the activation).
                         var ulps = (actual.Y.to(ScalarType.Float64) - expectedY.to(ScalarType.Float64)).abs()
-                            / (expectedY.to(ScalarType.Float64).abs() * UnitRoundoff(dtype) * 2).clamp_min(double.Epsilon);
+                            / (expectedY.to(ScalarType.Float64).abs() * ParityCheck.UnitRoundoff(dtype) * 2).clamp_min(double.Epsilon);
                         // NaN anywhere makes max NaN, which NUnit would order below the bound.
                         double worst = ulps.max().item<double>();
                         if (double.IsNaN(worst)) worst = double.PositiveInfinity;
@@ -214,15 +214,6 @@ public sealed class DegenerateGroupTests
     }
 
     private static readonly string[] Names = { "x", "weight", "bias" };
-
-    /// <summary>Half the spacing of the dtype's numbers just above 1.</summary>
-    private static double UnitRoundoff(ScalarType dtype) => dtype switch
-    {
-        ScalarType.Float64 => Math.Pow(2, -53),
-        ScalarType.Float32 => Math.Pow(2, -24),
-        ScalarType.Float16 => Math.Pow(2, -11),
-        _ => Math.Pow(2, -8),
-    };
 
     private static double MaxDifference(Tensor a, Tensor b) =>
         (a.to(ScalarType.Float64) - b.to(ScalarType.Float64)).abs().max().item<double>();

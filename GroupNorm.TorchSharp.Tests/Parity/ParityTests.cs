@@ -161,10 +161,8 @@ internal static class ParityCheck
         AssertClose(actual, expected, tolerance, label ?? device.type.ToString(), path, dtype);
         Assert.Multiple(() =>
         {
-            Assert.That(actual.Y.dtype, Is.EqualTo(dtype));
+            AssertKept(actual, dtype, c.Layout);
             Assert.That(actual.Y.device.ToString(), Is.EqualTo(x.device.ToString()));
-            Assert.That(actual.Dx!.dtype, Is.EqualTo(dtype));
-            AssertLayout(actual, c.Layout, "");
         });
     }
 
@@ -186,12 +184,15 @@ internal static class ParityCheck
         double bound = HalfPrecisionBound(x, c.Groups, 1e-5, dtype);
         TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"bound {bound:E2}"));
         AssertClose(actual, exact, bound, device.type.ToString(), path, dtype);
-        Assert.Multiple(() =>
-        {
-            Assert.That(actual.Y.dtype, Is.EqualTo(dtype));
-            Assert.That(actual.Dx!.dtype, Is.EqualTo(dtype));
-            AssertLayout(actual, c.Layout, "");
-        });
+        Assert.Multiple(() => AssertKept(actual, dtype, c.Layout));
+    }
+
+    /// <summary>y and dx in the input's dtype, and in its layout (<see cref="AssertLayout"/>).</summary>
+    private static void AssertKept(GroupNormResult actual, ScalarType dtype, Layout layout)
+    {
+        Assert.That(actual.Y.dtype, Is.EqualTo(dtype));
+        Assert.That(actual.Dx!.dtype, Is.EqualTo(dtype));
+        AssertLayout(actual, layout, "");
     }
 
     /// <summary>

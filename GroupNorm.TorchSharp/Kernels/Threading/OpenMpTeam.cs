@@ -36,21 +36,22 @@ internal static unsafe class OpenMpTeam
         {
             if (NativeLibrary.TryGetExport(runtime.Handle, "GOMP_parallel", out var parallel)
                 && NativeLibrary.TryGetExport(runtime.Handle, "omp_in_parallel", out var inParallel)
-                && NativeLibrary.TryGetExport(runtime.Handle, "omp_get_thread_num", out var threadNum)
-                && NativeLibrary.TryGetExport(runtime.Handle, "omp_get_num_threads", out var numThreads))
+                && NativeLibrary.TryGetExport(runtime.Handle, "omp_get_thread_num", out var threadNum))
             {
                 s_parallel = (delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void>)parallel;
                 s_inParallel = (delegate* unmanaged<int>)inParallel;
                 s_threadNum = (delegate* unmanaged<int>)threadNum;
-                s_numThreads = (delegate* unmanaged<int>)numThreads;
-                // Optional: only tests read it, to tell a runtime limit from a lost thread.
+                // Optional, for the tests only (the team size a loop reports, the runtime's limit on it): a
+                // runtime without them still runs the kernels.
+                if (NativeLibrary.TryGetExport(runtime.Handle, "omp_get_num_threads", out var numThreads))
+                    s_numThreads = (delegate* unmanaged<int>)numThreads;
                 if (NativeLibrary.TryGetExport(runtime.Handle, "omp_get_thread_limit", out var threadLimit))
                     s_threadLimit = (delegate* unmanaged<int>)threadLimit;
                 RuntimePath = runtime.Path;
                 Unavailable = null;
                 return;
             }
-            reason = $"{runtime.Path} lacks GOMP_parallel, omp_in_parallel, omp_get_thread_num or omp_get_num_threads";
+            reason = $"{runtime.Path} lacks GOMP_parallel, omp_in_parallel or omp_get_thread_num";
         }
         Unavailable = reason;
     }
@@ -75,10 +76,12 @@ internal static unsafe class OpenMpTeam
 
     /// <summary>
     /// Runs <paramref name="job"/> on a team of up to <paramref name="threads"/> threads, the caller included;
-    /// returns the team's size, which the runtime may make smaller (OMP_THREAD_LIMIT, OMP_DYNAMIC).
+    /// returns the team's size, which the runtime may make smaller (OMP_THREAD_LIMIT, OMP_DYNAMIC), or the
+    /// count asked for where the runtime cannot say.
     /// </summary>
     public static int Run(ParallelJob* job, int threads)
     {
+        job->Team = threads;
         s_parallel(&Region, job, (uint)threads, 0);
         job->ThrowIfFailed();
         return job->Team;
@@ -99,7 +102,7 @@ internal static unsafe class OpenMpTeam
     {
         var items = (ParallelJob*)job;
         int thread = s_threadNum();
-        if (thread == 0) items->Team = s_numThreads();
+        if (thread == 0 && s_numThreads != null) items->Team = s_numThreads();
         items->Work(thread);
     }
 
