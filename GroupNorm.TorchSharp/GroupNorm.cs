@@ -1,4 +1,5 @@
 using GroupNormalization.Autograd;
+using GroupNormalization.Kernels;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -42,7 +43,7 @@ public sealed class GroupNorm : torch.nn.Module<Tensor, Tensor>
         GroupNormArguments.ValidateNumChannels(num_channels, num_groups);
         GroupNormArguments.ValidateEps(eps);
         GroupNormArguments.ValidateActivation(activation);
-        if (dtype is ScalarType requested && !GroupNormArguments.IsSupportedFloat(requested))
+        if (dtype is ScalarType requested && !DTypeRules.IsSupported(requested))
             throw new System.ArgumentException($"dtype must be a floating-point type (Float16, BFloat16, Float32 or Float64), but got dtype={requested}.", nameof(dtype));
 
         this.num_groups = num_groups;
@@ -118,7 +119,7 @@ public sealed class GroupNorm : torch.nn.Module<Tensor, Tensor>
     /// when an activation is fused.
     /// </summary>
     public override string ToString() =>
-        $"GroupNorm({num_groups}, {num_channels}, eps={GroupNormArguments.Format(_eps)}, affine={(affine ? "True" : "False")}" +
+        $"GroupNorm({num_groups}, {num_channels}, eps={PythonText.Repr(_eps)}, affine={(affine ? "True" : "False")}" +
         (activation == Activation.None ? ")" : $", activation={activation})");
 
     private Parameter? Replace(Parameter? current, Parameter? value, string name)

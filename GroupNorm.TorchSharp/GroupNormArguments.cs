@@ -1,27 +1,9 @@
 using System;
-using System.Globalization;
+using GroupNormalization.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace GroupNormalization;
-
-/// <summary>
-/// The geometry of one group_norm call: N samples, C channels in G groups, S spatial positions
-/// (the product of every dimension after the channel one; 1 for (N, C) input).
-/// </summary>
-internal readonly record struct GroupNormShape(long N, long C, long G, long S)
-{
-    /// <summary>Channels per group, C / G.</summary>
-    public long D => C / G;
-
-    /// <summary>Elements that share one mean and variance: D · S.</summary>
-    public long GroupSize => C / G * S;
-
-    /// <summary>Number of (n, g) statistics rows.</summary>
-    public long Rows => N * G;
-
-    public long Numel => N * C * S;
-}
 
 /// <summary>
 /// Every check of a group_norm call, done once at the public boundary so that nothing malformed
@@ -47,7 +29,7 @@ internal static class GroupNormArguments
     public static void ValidateEps(double eps)
     {
         if (double.IsNaN(eps) || eps < 0)
-            throw new ArgumentOutOfRangeException(nameof(eps), eps, $"eps must be a non-negative number, but got eps={Format(eps)}.");
+            throw new ArgumentOutOfRangeException(nameof(eps), eps, $"eps must be a non-negative number, but got eps={PythonText.Repr(eps)}.");
     }
 
     public static void ValidateActivation(Activation activation)
@@ -73,27 +55,27 @@ internal static class GroupNormArguments
             throw new ArgumentException("group_norm expects a dense (strided) input, but got a sparse tensor.", nameof(input));
 
         var dtype = input.dtype;
-        if (!IsSupportedFloat(dtype))
+        if (!DTypeRules.IsSupported(dtype))
             throw new ArgumentException($"group_norm expects a floating-point input (Float16, BFloat16, Float32 or Float64), but got input of dtype {dtype}.", nameof(input));
 
         // Dimension by dimension: TorchSharp's whole-array `shape` goes through a marshalled callback that
         // costs more than the rest of this check; the array is built only for error messages.
         int rank = (int)input.ndim;
         if (rank < 2)
-            throw new ArgumentException($"Expected at least 2 dimensions for input tensor but received {rank} (input of shape {ShapeText(input.shape)}).", nameof(input));
+            throw new ArgumentException($"Expected at least 2 dimensions for input tensor but received {rank} (input of shape {PythonText.Shape(input.shape)}).", nameof(input));
 
         long n = input.size(0), c = input.size(1);
         if (num_channels is long expected && c != expected)
-            throw new ArgumentException($"Expected input with {expected} channels (dimension 1), but got input of shape {ShapeText(input.shape)}.", nameof(input));
+            throw new ArgumentException($"Expected input with {expected} channels (dimension 1), but got input of shape {PythonText.Shape(input.shape)}.", nameof(input));
         if (c % num_groups != 0)
-            throw new ArgumentException($"Expected number of channels in input to be divisible by num_groups, but got input of shape {ShapeText(input.shape)} and num_groups={num_groups}.", nameof(num_groups));
+            throw new ArgumentException($"Expected number of channels in input to be divisible by num_groups, but got input of shape {PythonText.Shape(input.shape)} and num_groups={num_groups}.", nameof(num_groups));
 
         long s = 1;
         for (int i = 2; i < rank; i++) s *= input.size(i);
         // PyTorch's F.group_norm refuses a batch whose every group is a single value (its variance is 0 and
         // the output is β whatever x is); an empty batch is allowed.
         if (n * (c / num_groups) * s == 1)
-            throw new ArgumentException($"Expected more than 1 value per group, but got input of shape {ShapeText(input.shape)} with num_groups={num_groups}: every group holds a single value.", nameof(input));
+            throw new ArgumentException($"Expected more than 1 value per group, but got input of shape {PythonText.Shape(input.shape)} with num_groups={num_groups}: every group holds a single value.", nameof(input));
 
         ValidateParameter(weight, nameof(weight), input, c);
         ValidateParameter(bias, nameof(bias), input, c);
@@ -108,10 +90,10 @@ internal static class GroupNormArguments
         if (p is null) return;
         RequireLive(p, name);
         if (p.ndim != 1 || p.size(0) != channels)
-            throw new ArgumentException($"Expected {name} to be a vector of size equal to the number of channels in input, but got {name} of shape {ShapeText(p.shape)} and input of shape {ShapeText(input.shape)}.", name);
+            throw new ArgumentException($"Expected {name} to be a vector of size equal to the number of channels in input, but got {name} of shape {PythonText.Shape(p.shape)} and input of shape {PythonText.Shape(input.shape)}.", name);
         if (p.is_sparse)
             throw new ArgumentException($"Expected {name} to be a dense (strided) tensor, but got a sparse tensor.", name);
-        if (p.dtype != input.dtype && !IsMixedPrecision(input.dtype, p.dtype))
+        if (p.dtype != input.dtype && !DTypeRules.IsMixedPrecision(input.dtype, p.dtype))
             throw new ArgumentException($"Expected {name} to have the same dtype as input ({input.dtype}), or Float32 for a Float16/BFloat16 input, but got {name} of dtype {p.dtype}. Convert the module with .to({input.dtype}) or the input with .to({p.dtype}).", name);
         var pType = p.device_type;
         var inputType = input.device_type;
@@ -123,29 +105,5 @@ internal static class GroupNormArguments
     {
         if (t.IsInvalid)
             throw new ArgumentException($"{name} has been disposed; its native tensor no longer exists.", name);
-    }
-
-    /// <summary>A half-precision input with float32 parameters, which PyTorch accepts on CPU and CUDA.</summary>
-    internal static bool IsMixedPrecision(ScalarType input, ScalarType parameter) =>
-        input is ScalarType.Float16 or ScalarType.BFloat16 && parameter == ScalarType.Float32;
-
-    internal static bool IsSupportedFloat(ScalarType dtype) =>
-        dtype is ScalarType.Float32 or ScalarType.Float64 or ScalarType.Float16 or ScalarType.BFloat16;
-
-    internal static string ShapeText(long[] shape) => "[" + string.Join(", ", shape) + "]";
-
-    /// <summary>Formats a double the way Python's repr does (1e-05, 0.001), for messages and ToString.</summary>
-    internal static string Format(double value)
-    {
-        if (double.IsNaN(value)) return "nan";
-        if (double.IsPositiveInfinity(value)) return "inf";
-        if (double.IsNegativeInfinity(value)) return "-inf";
-        var text = value.ToString("R", CultureInfo.InvariantCulture);
-        int e = text.IndexOf('E', StringComparison.Ordinal);
-        if (e < 0) return text.Contains('.', StringComparison.Ordinal) ? text : text + ".0";
-        // Python writes exponents with a sign and at least two digits: 1e-05, 1e+20.
-        var mantissa = text[..e];
-        var exponent = int.Parse(text[(e + 1)..], CultureInfo.InvariantCulture);
-        return string.Create(CultureInfo.InvariantCulture, $"{mantissa}e{(exponent < 0 ? '-' : '+')}{Math.Abs(exponent):00}");
     }
 }

@@ -1,5 +1,6 @@
 using System;
 using System.Text;
+using GroupNormalization.Kernels;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -103,11 +104,11 @@ public sealed class WeightStandardizedConv2d : Convolution
         if (weight.is_sparse)
             throw new ArgumentException("standardize_weight expects a dense (strided) weight, but got a sparse tensor.", nameof(weight));
         var dtype = weight.dtype;
-        if (!GroupNormArguments.IsSupportedFloat(dtype))
+        if (!DTypeRules.IsSupported(dtype))
             throw new ArgumentException($"standardize_weight expects a floating-point weight (Float16, BFloat16, Float32 or Float64), but got weight of dtype {dtype}.", nameof(weight));
         int rank = (int)weight.ndim;
         if (rank < 2)
-            throw new ArgumentException($"standardize_weight expects a weight of rank 2 or more (out_channels, in_channels / groups, *kernel), but got weight of shape {GroupNormArguments.ShapeText(weight.shape)}.", nameof(weight));
+            throw new ArgumentException($"standardize_weight expects a weight of rank 2 or more (out_channels, in_channels / groups, *kernel), but got weight of shape {PythonText.Shape(weight.shape)}.", nameof(weight));
 
         var dims = new long[rank - 1];
         long filterSize = 1;
@@ -118,7 +119,7 @@ public sealed class WeightStandardizedConv2d : Convolution
         }
         // An empty filter has no mean; libtorch would answer with NaN, not an error.
         if (filterSize == 0)
-            throw new ArgumentException($"standardize_weight expects filters with at least one element, but got weight of shape {GroupNormArguments.ShapeText(weight.shape)}.", nameof(weight));
+            throw new ArgumentException($"standardize_weight expects filters with at least one element, but got weight of shape {PythonText.Shape(weight.shape)}.", nameof(weight));
 
         using var scope = torch.NewDisposeScope();
         // Half types keep too few digits for a variance (bfloat16 has 8 bits of mantissa): the statistics and
@@ -183,7 +184,7 @@ public sealed class WeightStandardizedConv2d : Convolution
             text.Append(", bias=False");
         if (padding_mode != PaddingModes.Zeros)
             text.Append(", padding_mode=").Append(padding_mode.ToString().ToLowerInvariant());
-        return text.Append(", eps=").Append(GroupNormArguments.Format(_eps)).Append(')').ToString();
+        return text.Append(", eps=").Append(PythonText.Repr(_eps)).Append(')').ToString();
     }
 
     private static long[] Pair((long, long) value) => new[] { value.Item1, value.Item2 };
@@ -213,7 +214,7 @@ public sealed class WeightStandardizedConv2d : Convolution
             throw new ArgumentException($"in_channels must be divisible by groups, but got in_channels={in_channels} and groups={groups}.", nameof(in_channels));
         if (out_channels % groups != 0)
             throw new ArgumentException($"out_channels must be divisible by groups, but got out_channels={out_channels} and groups={groups}.", nameof(out_channels));
-        if (dtype is ScalarType requested && !GroupNormArguments.IsSupportedFloat(requested))
+        if (dtype is ScalarType requested && !DTypeRules.IsSupported(requested))
             throw new ArgumentException($"dtype must be a floating-point type (Float16, BFloat16, Float32 or Float64), but got dtype={requested}.", nameof(dtype));
         GroupNormArguments.ValidateEps(eps);
         return nameof(WeightStandardizedConv2d);
@@ -235,11 +236,11 @@ public sealed class WeightStandardizedConv2d : Convolution
 
         int rank = (int)input.ndim;
         if (rank is not (3 or 4))
-            throw new ArgumentException($"Expected 3D (unbatched) or 4D (batched) input to WeightStandardizedConv2d, but got input of shape {GroupNormArguments.ShapeText(input.shape)}.", nameof(input));
+            throw new ArgumentException($"Expected 3D (unbatched) or 4D (batched) input to WeightStandardizedConv2d, but got input of shape {PythonText.Shape(input.shape)}.", nameof(input));
         long channels = input.size(rank - 3);
         if (channels != in_channels)
-            throw new ArgumentException($"Expected input with {in_channels} channels (dimension {rank - 3}), but got input of shape {GroupNormArguments.ShapeText(input.shape)}.", nameof(input));
-        if (!GroupNormArguments.IsSupportedFloat(input.dtype))
+            throw new ArgumentException($"Expected input with {in_channels} channels (dimension {rank - 3}), but got input of shape {PythonText.Shape(input.shape)}.", nameof(input));
+        if (!DTypeRules.IsSupported(input.dtype))
             throw new ArgumentException($"WeightStandardizedConv2d expects a floating-point input (Float16, BFloat16, Float32 or Float64), but got input of dtype {input.dtype}.", nameof(input));
 
         var w = ValidateState();
@@ -253,7 +254,7 @@ public sealed class WeightStandardizedConv2d : Convolution
             string axis = d == 0 ? "height" : "width";
             long size = input.size(rank - 2 + d);
             if (size == 0)
-                throw new ArgumentException($"Expected input with non-empty spatial dimensions, but got input of shape {GroupNormArguments.ShapeText(input.shape)}.", nameof(input));
+                throw new ArgumentException($"Expected input with non-empty spatial dimensions, but got input of shape {PythonText.Shape(input.shape)}.", nameof(input));
 
             // What is added before and after this dimension: the module's padding, or for a padding type
             // with a non-zero mode, what F.pad will add. On the zeros route libtorch computes 'same' and
@@ -277,11 +278,11 @@ public sealed class WeightStandardizedConv2d : Convolution
 
             long extent = dilation[d] * (kernel_size[d] - 1) + 1;
             if (size + before + after < extent)
-                throw new ArgumentException($"Expected input whose padded {axis} ({size} + {before} + {after}) is at least the dilated kernel's ({extent}), but got input of shape {GroupNormArguments.ShapeText(input.shape)}.", nameof(input));
+                throw new ArgumentException($"Expected input whose padded {axis} ({size} + {before} + {after}) is at least the dilated kernel's ({extent}), but got input of shape {PythonText.Shape(input.shape)}.", nameof(input));
             if (padding_mode == PaddingModes.Reflect && Math.Max(before, after) >= size)
-                throw new ArgumentException($"Reflect padding of {Math.Max(before, after)} needs an input {axis} above it, but got input of shape {GroupNormArguments.ShapeText(input.shape)}.", nameof(input));
+                throw new ArgumentException($"Reflect padding of {Math.Max(before, after)} needs an input {axis} above it, but got input of shape {PythonText.Shape(input.shape)}.", nameof(input));
             if (padding_mode == PaddingModes.Circular && Math.Max(before, after) > size)
-                throw new ArgumentException($"Circular padding of {Math.Max(before, after)} needs an input {axis} of at least it, but got input of shape {GroupNormArguments.ShapeText(input.shape)}.", nameof(input));
+                throw new ArgumentException($"Circular padding of {Math.Max(before, after)} needs an input {axis} of at least it, but got input of shape {PythonText.Shape(input.shape)}.", nameof(input));
         }
     }
 
@@ -299,8 +300,8 @@ public sealed class WeightStandardizedConv2d : Convolution
         if (w is null || w.IsInvalid)
             throw new InvalidOperationException("The module's weight has been disposed.");
         if (w.ndim != 4 || w.size(0) != out_channels || w.size(1) != in_channels / groups || w.size(2) != kernel_size[0] || w.size(3) != kernel_size[1])
-            throw new InvalidOperationException($"Expected weight of shape [{out_channels}, {in_channels / groups}, {kernel_size[0]}, {kernel_size[1]}] (out_channels, in_channels / groups, kernel_size), but the module's weight has shape {GroupNormArguments.ShapeText(w.shape)}.");
-        if (!GroupNormArguments.IsSupportedFloat(w.dtype))
+            throw new InvalidOperationException($"Expected weight of shape [{out_channels}, {in_channels / groups}, {kernel_size[0]}, {kernel_size[1]}] (out_channels, in_channels / groups, kernel_size), but the module's weight has shape {PythonText.Shape(w.shape)}.");
+        if (!DTypeRules.IsSupported(w.dtype))
             throw new InvalidOperationException($"Expected a floating-point weight, but the module's weight has dtype {w.dtype}.");
 
         var b = _bias;
@@ -308,7 +309,7 @@ public sealed class WeightStandardizedConv2d : Convolution
         if (b.IsInvalid)
             throw new InvalidOperationException("The module's bias has been disposed.");
         if (b.ndim != 1 || b.size(0) != out_channels)
-            throw new InvalidOperationException($"Expected bias of shape [{out_channels}], but the module's bias has shape {GroupNormArguments.ShapeText(b.shape)}.");
+            throw new InvalidOperationException($"Expected bias of shape [{out_channels}], but the module's bias has shape {PythonText.Shape(b.shape)}.");
         if (b.dtype != w.dtype || !SameDevice(b, w))
             throw new InvalidOperationException($"Expected bias of the weight's dtype and device ({w.dtype} on {w.device}), but the module's bias is {b.dtype} on {b.device}.");
         return w;

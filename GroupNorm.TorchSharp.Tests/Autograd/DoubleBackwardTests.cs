@@ -57,9 +57,13 @@ public sealed class DoubleBackwardTests
             foreach (var use in Uses)
             {
                 Tensor[] ours;
-                using (path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
+                BackwardRoute route;
+                using (var forced = KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
+                {
                     ours = SecondOrder((x, w, b) => Functional.group_norm(x, Groups, w, b, Eps, activation), inputs, use);
-                Assert.That(GroupNormFunction.LastBackward, Is.EqualTo(BackwardRoute.Recorded), $"{use.Name}: the first backward's route");
+                    route = forced.LastBackward;
+                }
+                Assert.That(route, Is.EqualTo(BackwardRoute.Recorded), $"{use.Name}: the first backward's route");
                 var native = SecondOrder((x, w, b) => Oracle.Activate(torch.nn.functional.group_norm(x, Groups, w, b, Eps), activation), inputs, use);
                 for (int i = 0; i < ours.Length; i++)
                 {
@@ -89,7 +93,7 @@ public sealed class DoubleBackwardTests
         var u = torch.randn(shape, ScalarType.Float64);
         var v = torch.randn(4, ScalarType.Float64);
         var t = torch.randn(4, ScalarType.Float64);
-        using var forced = path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null;
+        using var forced = KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null);
 
         double S(Tensor dyi, bool record, out Tensor? dyLeaf)
         {
@@ -142,14 +146,16 @@ public sealed class DoubleBackwardTests
         var dy = TestTensors.Input(Shape, Layout.ChannelsLast, dtype, torch.CPU);
 
         Tensor dx;
-        using (path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
+        BackwardRoute route;
+        using (var forced = KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
         {
             var xl = x.detach().requires_grad_();
             var y = Functional.group_norm(xl, Groups, w.detach().requires_grad_(), b, Eps, Activation.SiLU);
             Assert.That(TestTensors.IsChannelsLast(y), Is.True, "y lost the channels_last format");
             dx = torch.autograd.grad(new[] { y }, new[] { xl }, new[] { dy }, create_graph: record, retain_graph: record)[0];
+            route = forced.LastBackward;
         }
-        Assert.That(GroupNormFunction.LastBackward, Is.EqualTo(record ? BackwardRoute.Recorded : BackwardRoute.Kernel), "backward's route");
+        Assert.That(route, Is.EqualTo(record ? BackwardRoute.Recorded : BackwardRoute.Kernel), "backward's route");
         var native = Oracle.Native(x, Groups, w, b, Eps, dy, Activation.SiLU);
         double tolerance = dtype == ScalarType.Float64 ? ParityCheck.Float64Tolerance : ParityCheck.Float32Tolerance;
         Assert.Multiple(() =>
@@ -184,12 +190,13 @@ public sealed class DoubleBackwardTests
         var wl = w.detach().requires_grad_();
         var bl = b.detach().requires_grad_();
         Tensor[] grads;
-        using (savedBy == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
+        BackwardRoute route;
+        using (var forced = KernelOverride.Force(kernel: savedBy == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
         {
             var y = Functional.group_norm(xl, groups, wl, bl, Eps, activation);
             grads = torch.autograd.grad(new[] { y }, new[] { xl, wl, bl }, new[] { dy }, create_graph: true, retain_graph: true).ToArray();
+            route = forced.LastBackward;
         }
-        var route = GroupNormFunction.LastBackward;
         var centred = x.to(ScalarType.Float64).reshape(4, groups, -1);
         centred = (centred - centred.mean(new long[] { 2 }, keepdim: true)).reshape(shape);
         double bound = ParityCheck.Float32Work(centred, groups, Eps);

@@ -232,8 +232,8 @@ public sealed class GradientCheckTests
          torch.rand(shape[1], ScalarType.Float64) + 0.5,
          torch.randn(shape[1], ScalarType.Float64));
 
-    private static IDisposable? Force(KernelPath path) =>
-        path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null;
+    private static KernelOverride Force(KernelPath path) =>
+        KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null);
 
     /// <summary>Against finite differences, relative to the derivative's size but never to less than 1.</summary>
     private static double ScaledError(Tensor analytic, Tensor numeric) => TestTensors.ScaledError(analytic, numeric, 1.0);

@@ -84,7 +84,7 @@ public sealed class GradientRequestTests
         }
         var xl = x.detach().requires_grad_(xGrad);
         var inputs = new[] { (xl, xGrad), (wl, wGrad), (bl, bGrad) }.Where(p => p.Item2).Select(p => p.Item1).ToArray();
-        using var forced = path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null;
+        using var forced = KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null);
         var y = Functional.group_norm(xl, Groups, wl, bl, Eps, activation);
         var grads = torch.autograd.grad(new[] { y }, inputs, new[] { dy }).ToList();
         return (grads, ReturnedGradients.Held.Select(h => h.shape).ToList());
@@ -112,7 +112,7 @@ public sealed class GradientRequestTests
         }
 
         int held;
-        using (path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
+        using (KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
         {
             (ours.forward(x) * dy).sum().backward();
             held = ReturnedGradients.Held.Count;
@@ -157,7 +157,7 @@ public sealed class GradientRequestTests
 
         GradientBlocker.Calls = 0;
         Tensor[] ours;
-        using (path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
+        using (KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
             ours = Run((xi, wi, bi) => Functional.group_norm(xi, Groups, wi, bi, Eps, activation));
         var native = Run((xi, wi, bi) => Oracle.Activate(torch.nn.functional.group_norm(xi, Groups, wi, bi, Eps), activation));
 

@@ -28,7 +28,7 @@ public sealed class MemoryTests
     public void ThousandStepsLeakNoTensors([Values] KernelPath path)
     {
         using var m = new GroupNorm(4, 8);
-        using var forced = path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null;
+        using var forced = KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null);
         Step(m);
         long before = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
         for (int i = 0; i < 1000; i++) Step(m);

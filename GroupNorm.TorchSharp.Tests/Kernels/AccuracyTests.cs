@@ -38,7 +38,7 @@ public sealed class AccuracyTests
     /// <summary>
     /// Realistic data whose first piece is not typical: the top 16 image rows are 0 and the rest is
     /// 1e6 + randn, so every shift a kernel takes from a first piece is about 4σ from the mean, past the
-    /// threshold for summing again around μ (<see cref="GroupNormalization.Kernels.GroupNormMath.ShiftWasClose"/>).
+    /// threshold for summing again around μ (<see cref="GroupNormalization.Kernels.Cpu.GroupNormMath.ShiftWasClose"/>).
     /// Measured in y: ours 3e-8 to 1e-7, libtorch's float32 kernel 3e-8 on NCHW and 4e-3 on channels_last.
     /// This does not pin the second pass: a 4σ shift costs a single pass only k² ≈ 15 roundings of σ², far
     /// below the bound, and it passes with the second pass deleted; <see cref="FirstPieceFarFromTheMeanIsSummedAgain"/>

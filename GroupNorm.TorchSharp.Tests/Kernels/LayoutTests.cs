@@ -29,7 +29,7 @@ public sealed class LayoutTests
         var result = Oracle.Ours(path, x, 3, w, b, 1e-5, torch.randn(shape, dtype));
         Tensor inference;
         using (torch.no_grad())
-        using (path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
+        using (KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
             inference = Functional.group_norm(x, 3, w, b);
 
         Assert.Multiple(() =>
@@ -122,13 +122,13 @@ public sealed class LayoutTests
         using var scope = torch.NewDisposeScope();
         var x = TestTensors.Input(new long[] { 2, 6, 4, 4 }, layout, dtype, torch.CPU);
         var expected = KernelKind.CpuFused;
-        Assert.That(KernelSelector.Select(x), Is.EqualTo(expected));
-        using (KernelSelector.Force(KernelKind.DeviceGeneric))
-            Assert.That(KernelSelector.Select(x), Is.EqualTo(KernelKind.DeviceGeneric));
-        Assert.That(KernelSelector.Select(x), Is.EqualTo(expected), "the force must end with its scope");
+        Assert.That(KernelSelector.Select(x).Kind, Is.EqualTo(expected));
+        using (KernelOverride.Force(kernel: KernelKind.DeviceGeneric))
+            Assert.That(KernelSelector.Select(x).Kind, Is.EqualTo(KernelKind.DeviceGeneric));
+        Assert.That(KernelSelector.Select(x).Kind, Is.EqualTo(expected), "the force must end with its scope");
     }
 
     [Test]
     public void OnlyTheGenericKernelCanBeForced() =>
-        Assert.That(() => KernelSelector.Force(KernelKind.CpuFused), Throws.ArgumentException);
+        Assert.That(() => KernelOverride.Force(kernel: KernelKind.CpuFused), Throws.ArgumentException);
 }

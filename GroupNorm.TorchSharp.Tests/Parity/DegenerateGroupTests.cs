@@ -193,7 +193,7 @@ public sealed class DegenerateGroupTests
 
         Tensor dx;
         Tensor[] ours;
-        using (path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null)
+        using (KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
             (dx, ours) = Run((xi, wi, bi) => Functional.group_norm(xi, 6, wi, bi, Eps, activation));
         var (_, native) = Run((xi, wi, bi) => Oracle.Activate(torch.nn.functional.group_norm(xi, 6, wi, bi, Eps), activation));
 

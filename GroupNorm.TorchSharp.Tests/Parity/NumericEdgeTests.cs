@@ -1,6 +1,7 @@
 using System.Collections.Generic;
 using System.Globalization;
 using System.Linq;
+using GroupNormalization.Kernels;
 using GroupNormalization.Kernels.Cpu;
 using NUnit.Framework;
 using TorchSharp;
@@ -32,7 +33,7 @@ public sealed class NumericEdgeTests
     private static readonly long[] Small = { 2, 6, 5, 7 };
 
     /// <summary>
-    /// Three groups of 32,768 elements in one sample, run with split rows forced (<see cref="ForcedPlan"/>):
+    /// Three groups of 32,768 elements in one sample, run with split rows forced (<see cref="KernelOverride"/>):
     /// each row is cut into blocks (channels-first) or the sample into ranges of positions (channels-last),
     /// whose partial moments and sums are merged, so a non-finite value must survive the merge. Left to
     /// itself the plan would split only on a machine with two or more threads.
@@ -142,7 +143,7 @@ public sealed class NumericEdgeTests
 
         static TestCaseData Case(long[] shape, KernelPath path, ScalarType dtype, Layout layout, Activation activation, double poison) =>
             new TestCaseData(shape, path, dtype, layout, activation, poison).SetArgDisplayNames(
-                $"{path}_{ParityTests.DtypeName(dtype)}_{string.Join("x", shape)}_{layout}_{activation}_{GroupNormArguments.Format(poison)}");
+                $"{path}_{ParityTests.DtypeName(dtype)}_{string.Join("x", shape)}_{layout}_{activation}_{PythonText.Repr(poison)}");
     }
 
     /// <summary>
@@ -168,7 +169,7 @@ public sealed class NumericEdgeTests
         var expected = Oracle.Native(x, Groups, w, b, Eps, dy, activation);
         GroupNormResult actual;
         Tensor inference;
-        using (var split = shape.SequenceEqual(Split) ? ForcedPlan.Force(RowStrategy.SplitRows) : null)
+        using (var split = shape.SequenceEqual(Split) ? KernelOverride.Force(strategy: RowStrategy.SplitRows) : null)
         {
             actual = Oracle.Ours(path, x, Groups, w, b, Eps, dy, activation);
             inference = InferOurs(path, x, w, b, activation);

@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.Linq;
+using GroupNormalization.Autograd;
 using GroupNormalization.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -13,7 +14,7 @@ public enum KernelPath
     /// <summary>Whatever the selector picks: the fused kernel for CPU float32/float64.</summary>
     Default,
 
-    /// <summary>The device-generic kernel, pinned with <see cref="KernelSelector.Force"/>.</summary>
+    /// <summary>The device-generic kernel, pinned with <see cref="KernelOverride.Force"/>.</summary>
     Generic,
 }
 
@@ -50,7 +51,11 @@ public enum Layout
 }
 
 /// <summary>Forward output and the gradients of (y · dy).sum() that were asked for.</summary>
-internal sealed record GroupNormResult(Tensor Y, Tensor? Dx, Tensor? Dweight, Tensor? Dbias);
+internal sealed record GroupNormResult(Tensor Y, Tensor? Dx, Tensor? Dweight, Tensor? Dbias)
+{
+    /// <summary>The route our forward took (<see cref="KernelOverride.LastForward"/>); None for the oracle.</summary>
+    public ForwardRoute Forward { get; init; }
+}
 
 /// <summary>
 /// Runs a group_norm call through libtorch's native kernel (the oracle) or through ours, with the same
@@ -93,7 +98,13 @@ internal static class Oracle
     public static GroupNormResult Ours(KernelPath path, Tensor x, long groups, Tensor? weight, Tensor? bias, double eps, Tensor? dy,
         Activation activation = Activation.None, Api api = Api.Functional)
     {
-        using var forced = path == KernelPath.Generic ? KernelSelector.Force(KernelKind.DeviceGeneric) : null;
+        using var forced = KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null);
+        var result = Run(x, groups, weight, bias, eps, dy, activation, api);
+        return result with { Forward = forced.LastForward };
+    }
+
+    private static GroupNormResult Run(Tensor x, long groups, Tensor? weight, Tensor? bias, double eps, Tensor? dy, Activation activation, Api api)
+    {
         var xl = x.detach().requires_grad_(dy is not null);
         if (api == Api.Module)
         {

@@ -2,8 +2,10 @@ using System;
 using System.Collections.Generic;
 using System.Globalization;
 using System.Linq;
+using GroupNormalization.Kernels;
 using GroupNormalization.Kernels.Cpu;
 using GroupNormalization.Kernels.Threading;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -31,9 +33,11 @@ public sealed class StrategyParityTests
         public override string ToString() =>
             $"{(Threads == 1 ? "caller" : OpenMp ? "OpenMP" : "own threads")}, {(Split ? "split" : "whole")} rows, {Threads} thread{(Threads == 1 ? "" : "s")}";
 
-        internal IDisposable Backend() => ParallelFor.Force(OpenMp ? ParallelBackend.OpenMp : ParallelBackend.KernelThreads);
-
-        internal ForcedPlan Plan() => ForcedPlan.Force(Split ? RowStrategy.SplitRows : RowStrategy.WholeRows, Threads);
+        /// <summary>Forces this configuration on the calling thread until disposed.</summary>
+        internal KernelOverride Force() => KernelOverride.Force(
+            backend: OpenMp ? ParallelBackend.OpenMp : ParallelBackend.KernelThreads,
+            strategy: Split ? RowStrategy.SplitRows : RowStrategy.WholeRows,
+            threads: Threads);
     }
 
     private static readonly Config[] s_configs =
@@ -86,16 +90,15 @@ public sealed class StrategyParityTests
                 GroupNormResult actual;
                 IReadOnlyList<WorkPlan> plans;
                 int lastThreads;
-                using (config.Backend())
-                using (var plan = config.Plan())
+                using (var forced = config.Force())
                 {
                     actual = Oracle.Ours(KernelPath.Default, x, c.Groups, w, b, Eps, dy);
-                    plans = plan.Plans;
-                    lastThreads = ParallelFor.LastThreads;
+                    plans = forced.Plans;
+                    lastThreads = forced.LastThreads;
                 }
                 AssertPlans(plans, 2, config, $"{config}: forward and backward");
                 if (plans.Count == 2)
-                    Assert.That(lastThreads, Is.EqualTo((int)Math.Min(Math.Min(config.Threads, plans[1].Items), config.OpenMp ? OpenMpTeam.ThreadLimit : int.MaxValue)),
+                    Assert.That(lastThreads, Is.EqualTo((int)Math.Min(Math.Min(config.Threads, plans[1].Items), config.OpenMp ? OpenMpTeamProbe.ThreadLimit : int.MaxValue)),
                         $"{config}: threads backward's last loop ran on");
 
                 var errors = ParityCheck.Errors(actual, expected);
@@ -135,12 +138,11 @@ public sealed class StrategyParityTests
         var bl = b!.detach().requires_grad_();
         Tensor[] grads;
         IReadOnlyList<WorkPlan> plans;
-        using (config.Backend())
-        using (var plan = config.Plan())
+        using (var forced = config.Force())
         {
             var y = Functional.group_norm(x.detach(), 3, wl, bl, Eps, activation);
             grads = torch.autograd.grad(new[] { y }, new[] { wl, bl }, new[] { dy }).ToArray();
-            plans = plan.Plans;
+            plans = forced.Plans;
         }
         double tolerance = dtype == ScalarType.Float64 ? ParityCheck.Float64Tolerance : ParityCheck.Float32Tolerance;
         Assert.Multiple(() =>

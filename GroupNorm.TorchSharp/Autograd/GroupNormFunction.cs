@@ -34,7 +34,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
     /// <summary>What forward decided and backward needs, besides the saved tensors.</summary>
     private sealed class Settings
     {
-        public Settings(GroupNormShape shape, double eps, Activation activation, KernelKind kernel, GradientRequest need)
+        public Settings(GroupNormShape shape, double eps, Activation activation, IGroupNormKernel kernel, GradientRequest need)
         {
             Shape = shape;
             Eps = eps;
@@ -49,7 +49,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
 
         public Activation Activation { get; }
 
-        public KernelKind Kernel { get; }
+        public IGroupNormKernel Kernel { get; }
 
         public GradientRequest Need { get; }
 
@@ -71,18 +71,6 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
 
     public override string Name => "GroupNormBackward";
 
-    /// <summary>Which way the last forward on this thread went: tests show that a no-graph call skipped the node.</summary>
-    [ThreadStatic]
-    private static ForwardRoute t_lastForward;
-
-    /// <summary>Which way the last backward on this thread went: tests show that create_graph took the recorded formulas.</summary>
-    [ThreadStatic]
-    private static BackwardRoute t_lastBackward;
-
-    internal static ForwardRoute LastForward => t_lastForward;
-
-    internal static BackwardRoute LastBackward => t_lastBackward;
-
     /// <summary>Runs GroupNorm on validated arguments, recording a graph node only when a gradient can flow.</summary>
     public static Tensor Apply(Tensor input, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps, Activation activation)
     {
@@ -93,14 +81,14 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         if (!need.Any || !torch.is_grad_enabled())
         {
             // Inference: no graph, so skip the node and its bookkeeping entirely.
-            t_lastForward = ForwardRoute.Inference;
-            return KernelSelector.Infer(kernel, input, Epilogue.Of(input, weight, bias, activation), shape, eps);
+            KernelOverride.Current?.Record(ForwardRoute.Inference);
+            return kernel.Forward(input, Epilogue.Of(input, weight, bias, activation), shape, eps, keepStatistics: false, out _);
         }
 
         var release = t_releaseAfterApply ??= new List<Tensor>(4);
         var contexts = t_contextsAfterApply ??= new List<autograd.AutogradContext>(1);
         int mark = release.Count, contextMark = contexts.Count;
-        t_lastForward = ForwardRoute.Graph;
+        KernelOverride.Current?.Record(ForwardRoute.Graph);
         try
         {
             return apply(input, weight, bias, new Settings(shape, eps, activation, kernel, need));
@@ -123,7 +111,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
 
         var epilogue = Epilogue.Of(x, weight, bias, settings.Activation);
         settings.ParameterType = epilogue.ParameterType;
-        var (y, statistics) = KernelSelector.Forward(settings.Kernel, x, epilogue, settings.Shape, settings.Eps);
+        var y = settings.Kernel.Forward(x, epilogue, settings.Shape, settings.Eps, keepStatistics: true, out var statistics);
         settings.HostStatistics = statistics.Host;
         // x, γ; β only when an activation makes backward rebuild the pre-activation; the generic path's μ and r last.
         var saved = new List<Tensor>(5) { x, weight! };
@@ -189,10 +177,10 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
             var epilogue = new Epilogue(weight, bias, settings.Activation, settings.ParameterType);
 
             bool recorded = torch.is_grad_enabled();
-            t_lastBackward = recorded ? BackwardRoute.Recorded : BackwardRoute.Kernel;
+            KernelOverride.Current?.Record(recorded ? BackwardRoute.Recorded : BackwardRoute.Kernel);
             (dx, dweight, dbias) = recorded
                 ? DifferentiableBackward.Compute(gradOutput, x, epilogue, statistics, settings.Shape, settings.Eps, need)
-                : KernelSelector.Backward(settings.Kernel, gradOutput, x, statistics, epilogue, settings.Shape, need);
+                : settings.Kernel.Backward(gradOutput, x, statistics, epilogue, settings.Shape, need);
 
             // Out of this scope, released at the next call (see ReturnedGradients); everything else made here goes now.
             ReturnedGradients.Hold(dx);
@@ -206,7 +194,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
     }
 }
 
-/// <summary>How a forward call ran (see <see cref="GroupNormFunction.LastForward"/>).</summary>
+/// <summary>How a forward call ran (see <see cref="KernelOverride.LastForward"/>).</summary>
 internal enum ForwardRoute
 {
     None,
@@ -218,7 +206,7 @@ internal enum ForwardRoute
     Graph,
 }
 
-/// <summary>How a backward call ran (see <see cref="GroupNormFunction.LastBackward"/>).</summary>
+/// <summary>How a backward call ran (see <see cref="KernelOverride.LastBackward"/>).</summary>
 internal enum BackwardRoute
 {
     None,

@@ -61,7 +61,7 @@ public class GroupNormBenchmarks
     {
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        using var generic = KernelSelector.Force(KernelKind.DeviceGeneric);
+        using var generic = KernelOverride.Force(kernel: KernelKind.DeviceGeneric);
         Functional.group_norm(_in.X, Case.G, _in.Weight, _in.Bias);
     }
 
@@ -93,7 +93,7 @@ public class GroupNormBenchmarks
     public void GenericForwardBackward()
     {
         using var scope = torch.NewDisposeScope();
-        using var generic = KernelSelector.Force(KernelKind.DeviceGeneric);
+        using var generic = KernelOverride.Force(kernel: KernelKind.DeviceGeneric);
         var y = Functional.group_norm(_in.XGrad, Case.G, _in.Weight, _in.Bias);
         Gradients(y);
     }

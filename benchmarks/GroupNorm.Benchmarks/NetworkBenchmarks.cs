@@ -1,6 +1,7 @@
 using System.Collections.Generic;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Configs;
+using GroupNormalization.Kernels;
 using GroupNormalization.Kernels.Threading;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -103,7 +104,7 @@ public class NetworkBenchmarks
     {
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        using var own = ParallelFor.Force(ParallelBackend.KernelThreads);
+        using var own = KernelOverride.Force(backend: ParallelBackend.KernelThreads);
         Ours(_conv.forward(_x));
     }
 
@@ -134,7 +135,7 @@ public class NetworkBenchmarks
     public void OursOwnThreadsNetForwardBackward()
     {
         using var scope = torch.NewDisposeScope();
-        using var own = ParallelFor.Force(ParallelBackend.KernelThreads);
+        using var own = KernelOverride.Force(backend: ParallelBackend.KernelThreads);
         Gradients(Ours(_conv.forward(_x)));
     }
 

@@ -163,7 +163,7 @@ public sealed unsafe class IndexMathTests
         var backend = openMp ? ParallelBackend.OpenMp : ParallelBackend.KernelThreads;
         var run = Task.Run(() =>
         {
-            using (ParallelFor.Force(backend))
+            using (KernelOverride.Force(backend: backend))
                 ParallelFor.Run(count, 2, &Count, tally);
         });
         if (!run.Wait(TimeSpan.FromSeconds(60)))

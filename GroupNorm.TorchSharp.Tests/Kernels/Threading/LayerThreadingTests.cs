@@ -3,9 +3,11 @@ using System.Collections.Generic;
 using System.Linq;
 using System.Runtime.InteropServices;
 using System.Threading;
+using GroupNormalization.Kernels;
 using GroupNormalization.Kernels.Cpu;
 using GroupNormalization.Kernels.Threading;
 using GroupNormalization.Tests.Parity;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -78,7 +80,7 @@ public sealed unsafe class LayerThreadingTests
         const int callers = 4, rounds = 5;
         var inputs = Enumerable.Range(0, callers).Select(Inputs).ToArray();
         Run[] expected;
-        using (ForcedPlan.Force(RowStrategy.WholeRows, threads: 1))
+        using (KernelOverride.Force(strategy: RowStrategy.WholeRows, threads: 1))
             expected = inputs.Select(i => Compute(i.X, i.W, i.B, i.Dy, api)).ToArray();
         var failures = new List<string>();
         var threads = Enumerable.Range(0, callers).Select(k => new Thread(() =>
@@ -86,7 +88,7 @@ public sealed unsafe class LayerThreadingTests
             try
             {
                 using var forced = ParallelForTests.Force(openMp);
-                using var split = k % 2 == 1 ? ForcedPlan.Force(RowStrategy.SplitRows, threads: 2) : null;
+                using var split = k % 2 == 1 ? KernelOverride.Force(strategy: RowStrategy.SplitRows, threads: 2) : null;
                 for (int round = 0; round < rounds; round++)
                 {
                     var actual = Compute(inputs[k].X, inputs[k].W, inputs[k].B, inputs[k].Dy, api);
@@ -140,13 +142,12 @@ public sealed unsafe class LayerThreadingTests
         IReadOnlyCollection<int> seen;
         IReadOnlyList<WorkPlan> plans;
         using (ParallelForTests.Force(openMp))
-        using (var plan = ForcedPlan.Force(RowStrategy.SplitRows, threads: given))
-        using (var recording = ExecutingThreads.Record(TimeSpan.FromSeconds(5), given))
+        using (var forced = KernelOverride.Force(strategy: RowStrategy.SplitRows, threads: given).WatchThreads(given, TimeSpan.FromSeconds(5)))
         {
             Dispose(Compute(x, w, b, dy));
-            Assert.That(ParallelFor.LastThreads, Is.EqualTo(given), "threads backward's last loop ran on");
-            seen = recording.Threads;
-            plans = plan.Plans;
+            Assert.That(forced.LastThreads, Is.EqualTo(given), "threads backward's last loop ran on");
+            seen = forced.ExecutingThreads;
+            plans = forced.Plans;
         }
         Assert.Multiple(() =>
         {
@@ -194,7 +195,7 @@ public sealed unsafe class LayerThreadingTests
         var handle = GCHandle.Alloc(call);
         try
         {
-            OpenMpTeam.RunOnEveryThread(2, &CallFromTeam, (void*)GCHandle.ToIntPtr(handle));
+            OpenMpTeamProbe.RunOnEveryThread(2, &CallFromTeam, (void*)GCHandle.ToIntPtr(handle));
         }
         finally
         {
@@ -234,11 +235,12 @@ public sealed unsafe class LayerThreadingTests
         int thread = OpenMpTeam.ThreadNum;
         try
         {
+            using var recording = KernelOverride.Force();
             var result = Compute(call.X, call.W, call.B, call.Dy);
             lock (call)
             {
                 call.Results[thread] = result;
-                call.ThreadsUsed[thread] = ParallelFor.LastThreads;
+                call.ThreadsUsed[thread] = recording.LastThreads;
             }
         }
 #pragma warning disable CA1031 // Nothing may escape into the OpenMP runtime; the test asserts on the list.
@@ -265,7 +267,7 @@ public sealed unsafe class LayerThreadingTests
                 using var scope = torch.NewDisposeScope();
                 using var noGrad = torch.no_grad();
                 var y = Functional.group_norm(x, Groups, w, b, 1e-5);
-                Assert.That(ParallelFor.LastThreads, Is.EqualTo(threads), $"set_num_threads({threads})");
+                Assert.That(forced.LastThreads, Is.EqualTo(threads), $"set_num_threads({threads})");
                 Assert.That(TestTensors.RelativeError(y, expected.Y), Is.LessThanOrEqualTo(1e-13));
             }
         }

@@ -4,7 +4,10 @@ using System.Linq;
 using System.Runtime.InteropServices;
 using System.Threading;
 using System.Threading.Tasks;
+using GroupNormalization.Kernels;
 using GroupNormalization.Kernels.Threading;
+using GroupNormalization.Tests.Parity;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 
 namespace GroupNormalization.Tests.Kernels.Threading;
@@ -16,15 +19,15 @@ namespace GroupNormalization.Tests.Kernels.Threading;
 public sealed unsafe class ParallelForTests
 {
     /// <summary>The backend under test: libtorch's OpenMP team (true) or our own worker threads (false).</summary>
-    internal static IDisposable Force(bool openMp) =>
-        ParallelFor.Force(openMp ? ParallelBackend.OpenMp : ParallelBackend.KernelThreads);
+    internal static KernelOverride Force(bool openMp) =>
+        KernelOverride.Force(backend: openMp ? ParallelBackend.OpenMp : ParallelBackend.KernelThreads);
 
     [Test]
     public void OpenMpIsAvailableOnLinux()
     {
         if (!OperatingSystem.IsLinux()) Assert.Ignore("libtorch's OpenMP team is looked for on Linux and macOS; this check runs on Linux.");
         Assert.That(OpenMpTeam.Available, Is.True, OpenMpTeam.Unavailable);
-        Assert.That(ParallelFor.Backend, Is.EqualTo(ParallelBackend.OpenMp));
+        Assert.That(ParallelFor.DefaultBackend, Is.EqualTo(ParallelBackend.OpenMp));
     }
 
     [Test]
@@ -79,7 +82,7 @@ public sealed unsafe class ParallelForTests
         var handle = GCHandle.Alloc((starts, hits));
         try
         {
-            var job = new ParallelJob(100, 4, &RecordChunk, (void*)GCHandle.ToIntPtr(handle));
+            var job = new ParallelJob(100, 4, &RecordChunk, (void*)GCHandle.ToIntPtr(handle), IntPtr.Zero);
             job.Work(2);
             Assert.That(job.Finished, Is.True);
         }
@@ -111,18 +114,17 @@ public sealed unsafe class ParallelForTests
     [Test]
     public void MoreThreadsThanCoresRunWhenAskedFor([Values] bool openMp)
     {
-        if (openMp && !OpenMpTeam.Available) Assert.Ignore(OpenMpTeam.Unavailable!);
+        StrategyParityTests.RequireBackend(openMp);
         int threads = Environment.ProcessorCount + 1;
         RequireTeamOf(openMp, threads);
         var hits = new int[64 * threads];
         System.Collections.Generic.IReadOnlyCollection<int> seen;
         int reported;
-        using (Force(openMp))
-        using (var recording = ExecutingThreads.Record(TimeSpan.FromSeconds(5), threads))
+        using (var forced = Force(openMp).WatchThreads(threads, TimeSpan.FromSeconds(5)))
         {
             Run(hits.Length, threads, i => Interlocked.Increment(ref hits[i]));
-            reported = ParallelFor.LastThreads;
-            seen = recording.Threads;
+            reported = forced.LastThreads;
+            seen = forced.ExecutingThreads;
         }
         Assert.Multiple(() =>
         {
@@ -159,7 +161,7 @@ public sealed unsafe class ParallelForTests
         int caller = Environment.CurrentManagedThreadId;
         try
         {
-            OpenMpTeam.RunOnEveryThread(2, &RecordThread, (void*)GCHandle.ToIntPtr(state));
+            OpenMpTeamProbe.RunOnEveryThread(2, &RecordThread, (void*)GCHandle.ToIntPtr(state));
         }
         finally
         {
@@ -211,8 +213,8 @@ public sealed unsafe class ParallelForTests
     /// <summary>Ignores a test whose OpenMP team would be cut below <paramref name="threads"/> by the runtime's own limit.</summary>
     internal static void RequireTeamOf(bool openMp, int threads)
     {
-        if (openMp && OpenMpTeam.ThreadLimit < threads)
-            Assert.Ignore($"libtorch's OpenMP runtime limits a team to {OpenMpTeam.ThreadLimit} threads (OMP_THREAD_LIMIT); this test needs {threads}.");
+        if (openMp && OpenMpTeamProbe.ThreadLimit < threads)
+            Assert.Ignore($"libtorch's OpenMP runtime limits a team to {OpenMpTeamProbe.ThreadLimit} threads (OMP_THREAD_LIMIT); this test needs {threads}.");
     }
 
     /// <summary>Runs a managed lambda through the loop's function-pointer interface.</summary>

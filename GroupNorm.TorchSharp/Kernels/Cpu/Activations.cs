@@ -56,22 +56,15 @@ internal struct SiLU : IActivation
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector<T> Apply<T>(Vector<T> z) where T : unmanaged, IFloatingPointIeee754<T> =>
-        z / (Vector<T>.One + VectorExp.Exp(-z));
+        Value<VectorWidth<T>, Vector<T>>(z);
 
-    public static T Apply<T>(T z) where T : unmanaged, IFloatingPointIeee754<T> => z / (T.One + T.Exp(-z));
+    public static T Apply<T>(T z) where T : unmanaged, IFloatingPointIeee754<T> => Value<ScalarWidth<T>, T>(z);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector<T> Gradient<T>(Vector<T> dy, Vector<T> z) where T : unmanaged, IFloatingPointIeee754<T>
-    {
-        var s = Sigmoid(z);
-        return dy * s * (Vector<T>.One + z * (Vector<T>.One - s));
-    }
+    public static Vector<T> Gradient<T>(Vector<T> dy, Vector<T> z) where T : unmanaged, IFloatingPointIeee754<T> =>
+        GradientOf<VectorWidth<T>, Vector<T>>(dy, z);
 
-    public static T Gradient<T>(T dy, T z) where T : unmanaged, IFloatingPointIeee754<T>
-    {
-        var s = Sigmoid(z);
-        return dy * s * (T.One + z * (T.One - s));
-    }
+    public static T Gradient<T>(T dy, T z) where T : unmanaged, IFloatingPointIeee754<T> => GradientOf<ScalarWidth<T>, T>(dy, z);
 
     /// <summary>
     /// float32 pairs go through one 512-bit vector where the CPU has them and <c>Vector&lt;T&gt;</c> is 256 bits
@@ -89,8 +82,7 @@ internal struct SiLU : IActivation
             z1 = Apply(z1);
             return;
         }
-        var z = Join(z0, z1);
-        Split(z / (Vector512<float>.One + VectorExp.Exp(-z)), out z0, out z1);
+        Split(Value<Width512, Vector512<float>>(Join(z0, z1)), out z0, out z1);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -102,9 +94,20 @@ internal struct SiLU : IActivation
             dy1 = Gradient(dy1, z1);
             return;
         }
-        var z = Join(z0, z1);
-        var s = Vector512<float>.One / (Vector512<float>.One + VectorExp.Exp(-z));
-        Split(Join(dy0, dy1) * s * (Vector512<float>.One + z * (Vector512<float>.One - s)), out dy0, out dy1);
+        Split(GradientOf<Width512, Vector512<float>>(Join(dy0, dy1), Join(z0, z1)), out dy0, out dy1);
+    }
+
+    /// <summary>SiLU(z) = z·σ(z) = z / (1 + e^−z), for every width of arithmetic (<see cref="IWidth{TV}"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static TV Value<TW, TV>(TV z) where TW : struct, IWidth<TV> =>
+        TW.Divide(z, TW.Add(TW.One, TW.ExpNegated(z)));
+
+    /// <summary>dy·SiLU′(z) = dy·σ·(1 + z·(1 − σ)), σ = 1 / (1 + e^−z), for every width of arithmetic.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static TV GradientOf<TW, TV>(TV dy, TV z) where TW : struct, IWidth<TV>
+    {
+        var sigmoid = TW.Divide(TW.One, TW.Add(TW.One, TW.ExpNegated(z)));
+        return TW.Multiply(TW.Multiply(dy, sigmoid), TW.Add(TW.One, TW.Multiply(z, TW.Subtract(TW.One, sigmoid))));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -117,14 +120,83 @@ internal struct SiLU : IActivation
         lower = v.GetLower().AsVector().As<float, T>();
         upper = v.GetUpper().AsVector().As<float, T>();
     }
+}
+
+/// <summary>
+/// The arithmetic an activation's formula needs, for one width: a scalar, <c>Vector&lt;T&gt;</c>, or a
+/// 512-bit float32 vector. .NET's vector types implement no generic-math interfaces, so a formula written
+/// once over <typeparamref name="TV"/> reaches each width's operators through this struct operator, which
+/// the JIT inlines away.
+/// </summary>
+internal interface IWidth<TV>
+{
+    static abstract TV One { get; }
+
+    static abstract TV Add(TV a, TV b);
+
+    static abstract TV Subtract(TV a, TV b);
+
+    static abstract TV Multiply(TV a, TV b);
+
+    static abstract TV Divide(TV a, TV b);
+
+    /// <summary>e^−x, each width with its own exponential (<see cref="VectorExp"/> for vectors).</summary>
+    static abstract TV ExpNegated(TV x);
+}
+
+internal readonly struct ScalarWidth<T> : IWidth<T> where T : unmanaged, IFloatingPointIeee754<T>
+{
+    public static T One => T.One;
+
+    public static T Add(T a, T b) => a + b;
+
+    public static T Subtract(T a, T b) => a - b;
+
+    public static T Multiply(T a, T b) => a * b;
+
+    public static T Divide(T a, T b) => a / b;
+
+    public static T ExpNegated(T x) => T.Exp(-x);
+}
+
+internal readonly struct VectorWidth<T> : IWidth<Vector<T>> where T : unmanaged, IFloatingPointIeee754<T>
+{
+    public static Vector<T> One => Vector<T>.One;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector<T> Sigmoid<T>(Vector<T> z) where T : unmanaged, IFloatingPointIeee754<T>
-    {
-        return Vector<T>.One / (Vector<T>.One + VectorExp.Exp(-z));
-    }
+    public static Vector<T> Add(Vector<T> a, Vector<T> b) => a + b;
 
-    private static T Sigmoid<T>(T z) where T : unmanaged, IFloatingPointIeee754<T> => T.One / (T.One + T.Exp(-z));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<T> Subtract(Vector<T> a, Vector<T> b) => a - b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<T> Multiply(Vector<T> a, Vector<T> b) => a * b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<T> Divide(Vector<T> a, Vector<T> b) => a / b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<T> ExpNegated(Vector<T> x) => VectorExp.Exp(-x);
+}
+
+internal readonly struct Width512 : IWidth<Vector512<float>>
+{
+    public static Vector512<float> One => Vector512<float>.One;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Add(Vector512<float> a, Vector512<float> b) => a + b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Subtract(Vector512<float> a, Vector512<float> b) => a - b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Multiply(Vector512<float> a, Vector512<float> b) => a * b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Divide(Vector512<float> a, Vector512<float> b) => a / b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> ExpNegated(Vector512<float> x) => VectorExp.Exp(-x);
 }
 
 internal struct ReLU : IActivation

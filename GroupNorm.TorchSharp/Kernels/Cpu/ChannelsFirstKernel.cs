@@ -21,20 +21,20 @@ internal static unsafe class ChannelsFirstKernel
     /// <summary>Most planes whose constants a row keeps on the stack for that loop.</summary>
     private const long MaxStackPlanes = 1024;
 
-    public static void Forward<TE, TS, T, TA>(ForwardOperands<TS, T> operands, GroupNormShape shape, double eps, WorkPlan plan)
+    public static void Forward<TE, TS, T, TA>(ForwardCall* call)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
-        var job = new ForwardJob<TE, TS, T, TA> { O = operands, S = shape, Eps = eps, Plan = plan };
-        plan.RunForward(&job, &job.P, &ForwardJob<TE, TS, T, TA>.Body, 1, operands.Mean, operands.Rstd, eps);
+        var job = new ForwardJob<TE, TS, T, TA> { O = new(call), S = call->Shape, Eps = call->Eps, Plan = call->Plan };
+        SplitPhases.Forward<ForwardJob<TE, TS, T, TA>>(&job, &job.P, job.Plan, 1, call->Mean, call->Rstd, call->Eps);
     }
 
-    public static void Backward<TE, TS, T, TA>(BackwardOperands<TS, T> operands, GroupNormShape shape, WorkPlan plan)
+    public static void Backward<TE, TS, T, TA>(BackwardCall* call)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
-        var job = new BackwardJob<TE, TS, T, TA> { O = operands, S = shape, Plan = plan };
-        plan.RunBackward(&job, &job.P, &BackwardJob<TE, TS, T, TA>.Body, shape.D, operands.SumA, operands.SumB, operands.Dx != null);
+        var job = new BackwardJob<TE, TS, T, TA> { O = new(call), S = call->Shape, Plan = call->Plan };
+        SplitPhases.Backward<BackwardJob<TE, TS, T, TA>>(&job, &job.P, job.Plan, job.S.D, call->SumA, call->SumB, call->Dx != null);
     }
 
     /// <summary>
@@ -62,7 +62,7 @@ internal static unsafe class ChannelsFirstKernel
         static double Shift(T hi, T lo) => double.CreateTruncating(hi) + double.CreateTruncating(lo);
     }
 
-    private struct ForwardJob<TE, TS, T, TA>
+    private struct ForwardJob<TE, TS, T, TA> : IForwardJob
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
@@ -70,38 +70,42 @@ internal static unsafe class ChannelsFirstKernel
         public GroupNormShape S;
         public double Eps;
         public WorkPlan Plan;
-        public JobPhases P;
+        public SplitBuffers P;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void Body(void* job, long start, long end)
+        public static void WholeRows(void* job, long start, long end)
         {
             var j = (ForwardJob<TE, TS, T, TA>*)job;
             long len = j->Plan.RowLength;
-            switch (j->P.Phase)
+            long batch = WorkPlan.RowBatch(len * sizeof(TS));
+            for (long r0 = start; r0 < end; r0 += batch)
             {
-                case JobPhase.WholeRows:
-                    long batch = WorkPlan.RowBatch(len * sizeof(TS));
-                    for (long r0 = start; r0 < end; r0 += batch)
-                    {
-                        long r1 = Math.Min(end, r0 + batch);
-                        for (long r = r0; r < r1; r++) j->SetStatistics(r, RowwiseMoments<TE, TS, T>(j->O.X + r * len, len));
-                        for (long r = r0; r < r1; r++) j->ApplyScaleBias(r, 0, len);
-                    }
-                    break;
-                case JobPhase.BlockReductions:
-                    for (long item = start; item < end; item++)
-                    {
-                        var (row, b0, b1) = j->Plan.ItemRange(item);
-                        j->P.Moments[item] = RowwiseMoments<TE, TS, T>(j->O.X + row * len + b0, b1 - b0);
-                    }
-                    break;
-                default:
-                    for (long item = start; item < end; item++)
-                    {
-                        var (row, b0, b1) = j->Plan.ItemRange(item);
-                        j->ApplyScaleBias(row, b0, b1);
-                    }
-                    break;
+                long r1 = Math.Min(end, r0 + batch);
+                for (long r = r0; r < r1; r++) j->SetStatistics(r, RowwiseMoments<TE, TS, T>(j->O.X + r * len, len));
+                for (long r = r0; r < r1; r++) j->ApplyScaleBias(r, 0, len);
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static void BlockMoments(void* job, long start, long end)
+        {
+            var j = (ForwardJob<TE, TS, T, TA>*)job;
+            long len = j->Plan.RowLength;
+            for (long item = start; item < end; item++)
+            {
+                var (row, b0, b1) = j->Plan.ItemRange(item);
+                j->P.Moments[item] = RowwiseMoments<TE, TS, T>(j->O.X + row * len + b0, b1 - b0);
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static void BlockOutputs(void* job, long start, long end)
+        {
+            var j = (ForwardJob<TE, TS, T, TA>*)job;
+            for (long item = start; item < end; item++)
+            {
+                var (row, b0, b1) = j->Plan.ItemRange(item);
+                j->ApplyScaleBias(row, b0, b1);
             }
         }
 
@@ -140,48 +144,52 @@ internal static unsafe class ChannelsFirstKernel
         }
     }
 
-    private struct BackwardJob<TE, TS, T, TA>
+    private struct BackwardJob<TE, TS, T, TA> : IBackwardJob
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
         public BackwardOperands<TS, T> O;
         public GroupNormShape S;
         public WorkPlan Plan;
-        public JobPhases P;
+        public SplitBuffers P;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void Body(void* job, long start, long end)
+        public static void WholeRows(void* job, long start, long end)
         {
             var j = (BackwardJob<TE, TS, T, TA>*)job;
             long len = j->Plan.RowLength, d = j->S.D;
-            switch (j->P.Phase)
+            long batch = WorkPlan.RowBatch(2 * len * sizeof(TS));
+            for (long r0 = start; r0 < end; r0 += batch)
             {
-                case JobPhase.WholeRows:
-                    long batch = WorkPlan.RowBatch(2 * len * sizeof(TS));
-                    for (long r0 = start; r0 < end; r0 += batch)
-                    {
-                        long r1 = Math.Min(end, r0 + batch);
-                        new Span<double>(j->O.SumA + r0 * d, (int)((r1 - r0) * d)).Clear();
-                        new Span<double>(j->O.SumB + r0 * d, (int)((r1 - r0) * d)).Clear();
-                        for (long r = r0; r < r1; r++) j->ChannelGradientSums(r, 0, len, j->O.SumA + r * d, j->O.SumB + r * d);
-                        if (j->O.Dx == null) continue;
-                        for (long r = r0; r < r1; r++) j->InputGradient(r, 0, len);
-                    }
-                    break;
-                case JobPhase.BlockReductions:
-                    for (long item = start; item < end; item++)
-                    {
-                        var (row, b0, b1) = j->Plan.ItemRange(item);
-                        j->ChannelGradientSums(row, b0, b1, j->P.PartA + item * d, j->P.PartB + item * d);
-                    }
-                    break;
-                default:
-                    for (long item = start; item < end; item++)
-                    {
-                        var (row, b0, b1) = j->Plan.ItemRange(item);
-                        j->InputGradient(row, b0, b1);
-                    }
-                    break;
+                long r1 = Math.Min(end, r0 + batch);
+                new Span<double>(j->O.SumA + r0 * d, (int)((r1 - r0) * d)).Clear();
+                new Span<double>(j->O.SumB + r0 * d, (int)((r1 - r0) * d)).Clear();
+                for (long r = r0; r < r1; r++) j->ChannelGradientSums(r, 0, len, j->O.SumA + r * d, j->O.SumB + r * d);
+                if (j->O.Dx == null) continue;
+                for (long r = r0; r < r1; r++) j->InputGradient(r, 0, len);
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static void BlockSums(void* job, long start, long end)
+        {
+            var j = (BackwardJob<TE, TS, T, TA>*)job;
+            long d = j->S.D;
+            for (long item = start; item < end; item++)
+            {
+                var (row, b0, b1) = j->Plan.ItemRange(item);
+                j->ChannelGradientSums(row, b0, b1, j->P.PartA + item * d, j->P.PartB + item * d);
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static void BlockInputGradients(void* job, long start, long end)
+        {
+            var j = (BackwardJob<TE, TS, T, TA>*)job;
+            for (long item = start; item < end; item++)
+            {
+                var (row, b0, b1) = j->Plan.ItemRange(item);
+                j->InputGradient(row, b0, b1);
             }
         }
 

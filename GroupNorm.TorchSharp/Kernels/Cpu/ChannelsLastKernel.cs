@@ -13,20 +13,20 @@ namespace GroupNormalization.Kernels.Cpu;
 /// </summary>
 internal static unsafe class ChannelsLastKernel
 {
-    public static void Forward<TE, TS, T, TA>(ForwardOperands<TS, T> operands, GroupNormShape shape, double eps, WorkPlan plan)
+    public static void Forward<TE, TS, T, TA>(ForwardCall* call)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
-        var job = new ForwardJob<TE, TS, T, TA> { O = operands, S = shape, Eps = eps, Plan = plan };
-        plan.RunForward(&job, &job.P, &ForwardJob<TE, TS, T, TA>.Body, shape.G, operands.Mean, operands.Rstd, eps);
+        var job = new ForwardJob<TE, TS, T, TA> { O = new(call), S = call->Shape, Eps = call->Eps, Plan = call->Plan };
+        SplitPhases.Forward<ForwardJob<TE, TS, T, TA>>(&job, &job.P, job.Plan, job.S.G, call->Mean, call->Rstd, call->Eps);
     }
 
-    public static void Backward<TE, TS, T, TA>(BackwardOperands<TS, T> operands, GroupNormShape shape, WorkPlan plan)
+    public static void Backward<TE, TS, T, TA>(BackwardCall* call)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
-        var job = new BackwardJob<TE, TS, T, TA> { O = operands, S = shape, Plan = plan };
-        plan.RunBackward(&job, &job.P, &BackwardJob<TE, TS, T, TA>.Body, shape.C, operands.SumA, operands.SumB, operands.Dx != null);
+        var job = new BackwardJob<TE, TS, T, TA> { O = new(call), S = call->Shape, Plan = call->Plan };
+        SplitPhases.Backward<BackwardJob<TE, TS, T, TA>>(&job, &job.P, job.Plan, job.S.C, call->SumA, call->SumB, call->Dx != null);
     }
 
     /// <summary>
@@ -125,7 +125,7 @@ internal static unsafe class ChannelsLastKernel
         }
     }
 
-    private struct ForwardJob<TE, TS, T, TA>
+    private struct ForwardJob<TE, TS, T, TA> : IForwardJob
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
@@ -133,51 +133,55 @@ internal static unsafe class ChannelsLastKernel
         public GroupNormShape S;
         public double Eps;
         public WorkPlan Plan;
-        public JobPhases P;
+        public SplitBuffers P;
+
+        /// <summary>Whole samples: each one's group moments, its μ and r, then its output.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static void WholeRows(void* job, long start, long end)
+        {
+            var j = (ForwardJob<TE, TS, T, TA>*)job;
+            long g = j->S.G;
+            using var scratch = new Scratch(g * sizeof(Moments));
+            var groups = new Span<Moments>(scratch.Pointer, (int)g);
+            for (long n = start; n < end; n++)
+            {
+                groups.Clear();
+                ColumnwiseMoments<TE, TS, T>(j->Sample(j->O.X, n), j->S, 0, j->S.S, groups);
+                for (long k = 0; k < g; k++)
+                {
+                    j->O.Mean[n * g + k] = groups[(int)k].Mean;
+                    j->O.Rstd[n * g + k] = GroupNormMath.Rstd(groups[(int)k].Variance, j->Eps);
+                }
+                j->ApplyScaleBias(n, 0, j->S.S);
+            }
+        }
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void Body(void* job, long start, long end)
+        public static void BlockMoments(void* job, long start, long end)
         {
             var j = (ForwardJob<TE, TS, T, TA>*)job;
             long g = j->S.G;
             for (long item = start; item < end; item++)
             {
-                if (j->P.Phase == JobPhase.WholeRows)
-                {
-                    j->WholeSample(item);
-                    continue;
-                }
                 var (n, p0, p1) = j->Plan.ItemRange(item);
-                if (j->P.Phase == JobPhase.BlockReductions)
-                {
-                    var slice = new Span<Moments>(j->P.Moments + item * g, (int)g);
-                    slice.Clear();
-                    ColumnwiseMoments<TE, TS, T>(j->Sample(j->O.X, n), j->S, p0, p1, slice);
-                }
-                else
-                {
-                    j->ApplyScaleBias(n, p0, p1);
-                }
+                var slice = new Span<Moments>(j->P.Moments + item * g, (int)g);
+                slice.Clear();
+                ColumnwiseMoments<TE, TS, T>(j->Sample(j->O.X, n), j->S, p0, p1, slice);
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static void BlockOutputs(void* job, long start, long end)
+        {
+            var j = (ForwardJob<TE, TS, T, TA>*)job;
+            for (long item = start; item < end; item++)
+            {
+                var (n, p0, p1) = j->Plan.ItemRange(item);
+                j->ApplyScaleBias(n, p0, p1);
             }
         }
 
         private readonly TS* Sample(TS* p, long n) => p + n * S.S * S.C;
-
-        private readonly void WholeSample(long n)
-        {
-            using (var scratch = new Scratch(S.G * sizeof(Moments)))
-            {
-                var groups = new Span<Moments>(scratch.Pointer, (int)S.G);
-                groups.Clear();
-                ColumnwiseMoments<TE, TS, T>(Sample(O.X, n), S, 0, S.S, groups);
-                for (long g = 0; g < S.G; g++)
-                {
-                    O.Mean[n * S.G + g] = groups[(int)g].Mean;
-                    O.Rstd[n * S.G + g] = GroupNormMath.Rstd(groups[(int)g].Variance, Eps);
-                }
-            }
-            ApplyScaleBias(n, 0, S.S);
-        }
 
         /// <summary>y = act((x − μ)·r·γ + β) over positions [p0, p1) of sample n.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -194,35 +198,49 @@ internal static unsafe class ChannelsLastKernel
         }
     }
 
-    private struct BackwardJob<TE, TS, T, TA>
+    private struct BackwardJob<TE, TS, T, TA> : IBackwardJob
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
         public BackwardOperands<TS, T> O;
         public GroupNormShape S;
         public WorkPlan Plan;
-        public JobPhases P;
+        public SplitBuffers P;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void Body(void* job, long start, long end)
+        public static void WholeRows(void* job, long start, long end)
+        {
+            var j = (BackwardJob<TE, TS, T, TA>*)job;
+            long c = j->S.C;
+            for (long n = start; n < end; n++)
+            {
+                new Span<double>(j->O.SumA + n * c, (int)c).Clear();
+                new Span<double>(j->O.SumB + n * c, (int)c).Clear();
+                j->ChannelGradientSums(n, 0, j->S.S, j->O.SumA + n * c, j->O.SumB + n * c);
+                if (j->O.Dx != null) j->InputGradient(n, 0, j->S.S);
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static void BlockSums(void* job, long start, long end)
         {
             var j = (BackwardJob<TE, TS, T, TA>*)job;
             long c = j->S.C;
             for (long item = start; item < end; item++)
             {
-                if (j->P.Phase == JobPhase.WholeRows)
-                {
-                    new Span<double>(j->O.SumA + item * c, (int)c).Clear();
-                    new Span<double>(j->O.SumB + item * c, (int)c).Clear();
-                    j->ChannelGradientSums(item, 0, j->S.S, j->O.SumA + item * c, j->O.SumB + item * c);
-                    if (j->O.Dx != null) j->InputGradient(item, 0, j->S.S);
-                    continue;
-                }
                 var (n, p0, p1) = j->Plan.ItemRange(item);
-                if (j->P.Phase == JobPhase.BlockReductions)
-                    j->ChannelGradientSums(n, p0, p1, j->P.PartA + item * c, j->P.PartB + item * c);
-                else
-                    j->InputGradient(n, p0, p1);
+                j->ChannelGradientSums(n, p0, p1, j->P.PartA + item * c, j->P.PartB + item * c);
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public static void BlockInputGradients(void* job, long start, long end)
+        {
+            var j = (BackwardJob<TE, TS, T, TA>*)job;
+            for (long item = start; item < end; item++)
+            {
+                var (n, p0, p1) = j->Plan.ItemRange(item);
+                j->InputGradient(n, p0, p1);
             }
         }
 

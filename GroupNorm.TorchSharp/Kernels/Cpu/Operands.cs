@@ -4,30 +4,50 @@ using System.Runtime.CompilerServices;
 namespace GroupNormalization.Kernels.Cpu;
 
 /// <summary>
-/// Checked pointers into the tensors of one forward call: x and y in the stored type, γ and β (null when
-/// absent) in the arithmetic type, and the caller-owned per-(n, g) statistics that forward fills.
+/// One forward call as <see cref="CpuFusedKernel"/> hands it to a layout kernel: x and y in the stored
+/// type, γ and β (null when absent) in the arithmetic type, untyped until the entry's type parameters
+/// give them their types (<see cref="ForwardOperands{TS, T}"/>); the caller-owned per-(n, g) statistics
+/// that forward fills; the geometry and the plan.
 /// </summary>
-internal readonly unsafe struct ForwardOperands<TS, T>(TS* x, TS* y, T* weight, T* bias, double* mean, double* rstd)
-    where TS : unmanaged
-    where T : unmanaged, IFloatingPointIeee754<T>
+internal unsafe struct ForwardCall
 {
-    public readonly TS* X = x, Y = y;
-    public readonly T* Weight = weight, Bias = bias;
-    public readonly double* Mean = mean, Rstd = rstd;
+    public void* X, Y, Weight, Bias;
+    public double* Mean, Rstd;
+    public GroupNormShape Shape;
+    public double Eps;
+    public WorkPlan Plan;
 }
 
 /// <summary>
-/// Checked pointers for one backward call: dx is null when x needs no gradient; sumA and sumB receive the
-/// per-(n, c) sums A = Σ dz and B = Σ dz·(x − μ) (indexed n·C + c) that the parameter gradients are made from.
+/// One backward call: dx is null when x needs no gradient; sumA and sumB receive the per-(n, c) sums
+/// A = Σ dz and B = Σ dz·(x − μ) (indexed n·C + c) that the parameter gradients are made from.
 /// </summary>
-internal readonly unsafe struct BackwardOperands<TS, T>(
-    TS* x, TS* dy, TS* dx, T* weight, T* bias, double* mean, double* rstd, double* sumA, double* sumB)
+internal unsafe struct BackwardCall
+{
+    public void* X, Dy, Dx, Weight, Bias;
+    public double* Mean, Rstd, SumA, SumB;
+    public GroupNormShape Shape;
+    public WorkPlan Plan;
+}
+
+/// <summary>A <see cref="ForwardCall"/>'s pointers with their types.</summary>
+internal readonly unsafe struct ForwardOperands<TS, T>(ForwardCall* call)
     where TS : unmanaged
     where T : unmanaged, IFloatingPointIeee754<T>
 {
-    public readonly TS* X = x, Dy = dy, Dx = dx;
-    public readonly T* Weight = weight, Bias = bias;
-    public readonly double* Mean = mean, Rstd = rstd, SumA = sumA, SumB = sumB;
+    public readonly TS* X = (TS*)call->X, Y = (TS*)call->Y;
+    public readonly T* Weight = (T*)call->Weight, Bias = (T*)call->Bias;
+    public readonly double* Mean = call->Mean, Rstd = call->Rstd;
+}
+
+/// <summary>A <see cref="BackwardCall"/>'s pointers with their types.</summary>
+internal readonly unsafe struct BackwardOperands<TS, T>(BackwardCall* call)
+    where TS : unmanaged
+    where T : unmanaged, IFloatingPointIeee754<T>
+{
+    public readonly TS* X = (TS*)call->X, Dy = (TS*)call->Dy, Dx = (TS*)call->Dx;
+    public readonly T* Weight = (T*)call->Weight, Bias = (T*)call->Bias;
+    public readonly double* Mean = call->Mean, Rstd = call->Rstd, SumA = call->SumA, SumB = call->SumB;
 }
 
 /// <summary>

@@ -40,14 +40,14 @@ internal static unsafe class KernelThreads
     private static int s_started;
 
     /// <summary>
-    /// Runs <paramref name="body"/> over [0, <paramref name="count"/>) on <paramref name="threads"/> threads
-    /// (at most <see cref="MaxThreads"/>, and no more than there are items); returns the count used.
+    /// Runs <paramref name="items"/> on its thread count (at most <see cref="MaxThreads"/>; the job was made
+    /// for no more threads than it has items); returns the count used.
     /// </summary>
-    public static int Run(long count, int threads, delegate*<void*, long, long, void> body, void* state)
+    public static int Run(ref ParallelJob items)
     {
-        threads = (int)Math.Min(Math.Min(threads, MaxThreads), count);
+        int threads = Math.Min(items.Threads, MaxThreads);
         if (Volatile.Read(ref s_started) < threads - 1) StartWorkers(threads - 1);
-        var job = new Job(new ParallelJob(count, threads, body, state));
+        var job = new Job(items);
         for (int w = 0; w < threads - 1; w++) s_workers[w]!.Post(job);
         job.Items.Work(0);
         var spin = new SpinWait();

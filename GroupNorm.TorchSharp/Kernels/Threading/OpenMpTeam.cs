@@ -25,7 +25,6 @@ internal static unsafe class OpenMpTeam
     private static readonly delegate* unmanaged<int> s_inParallel;
     private static readonly delegate* unmanaged<int> s_threadNum;
     private static readonly delegate* unmanaged<int> s_numThreads;
-    private static readonly delegate* unmanaged<int> s_threadLimit;
 
 #pragma warning disable CA1810 // One lookup decides every field together; an initializer per field would repeat it.
     static OpenMpTeam()
@@ -41,12 +40,10 @@ internal static unsafe class OpenMpTeam
                 s_parallel = (delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void>)parallel;
                 s_inParallel = (delegate* unmanaged<int>)inParallel;
                 s_threadNum = (delegate* unmanaged<int>)threadNum;
-                // Optional, for the tests only (the team size a loop reports, the runtime's limit on it): a
-                // runtime without them still runs the kernels.
+                // Optional, only to report the team's real size (KernelOverride.LastThreads): a runtime
+                // without it still runs the kernels.
                 if (NativeLibrary.TryGetExport(runtime.Handle, "omp_get_num_threads", out var numThreads))
                     s_numThreads = (delegate* unmanaged<int>)numThreads;
-                if (NativeLibrary.TryGetExport(runtime.Handle, "omp_get_thread_limit", out var threadLimit))
-                    s_threadLimit = (delegate* unmanaged<int>)threadLimit;
                 RuntimePath = runtime.Path;
                 Unavailable = null;
                 return;
@@ -68,54 +65,27 @@ internal static unsafe class OpenMpTeam
     /// <summary>Whether the calling thread is already inside a parallel region (then nested regions run serially).</summary>
     public static bool InParallel => s_inParallel() != 0;
 
-    /// <summary>The most threads the runtime gives a team (OMP_THREAD_LIMIT), or int.MaxValue when it does not say.</summary>
-    public static int ThreadLimit => s_threadLimit != null ? s_threadLimit() : int.MaxValue;
-
     /// <summary>This thread's number in its team (0 outside a region).</summary>
     public static int ThreadNum => s_threadNum();
 
     /// <summary>
-    /// Runs <paramref name="job"/> on a team of up to <paramref name="threads"/> threads, the caller included;
-    /// returns the team's size, which the runtime may make smaller (OMP_THREAD_LIMIT, OMP_DYNAMIC), or the
-    /// count asked for where the runtime cannot say.
+    /// libgomp's <c>GOMP_parallel(fn, data, num_threads, flags)</c>: runs <c>fn(data)</c> on every thread of a
+    /// team of up to num_threads, the caller included, and returns when all have finished. Called directly
+    /// by <see cref="ParallelFor.Run"/> with <see cref="Region"/>, so that no frame of ours stands between the
+    /// loop and the region.
     /// </summary>
-    public static int Run(ParallelJob* job, int threads)
-    {
-        job->Team = threads;
-        s_parallel(&Region, job, (uint)threads, 0);
-        job->ThrowIfFailed();
-        return job->Team;
-    }
+    public static delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void> Parallel => s_parallel;
 
     /// <summary>
-    /// Runs <paramref name="body"/> once on every thread of a team of <paramref name="threads"/>, with no
-    /// work sharing: for tests that look at the team itself.
+    /// Each team thread's part of a <see cref="ParallelJob"/>: thread 0 (the caller) also records the team's
+    /// real size, which the runtime may make smaller than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC).
     /// </summary>
-    internal static void RunOnEveryThread(int threads, delegate*<void*, void> body, void* state)
-    {
-        var call = new EveryThread { Body = body, State = state };
-        s_parallel(&EveryThreadRegion, &call, (uint)threads, 0);
-    }
-
     [UnmanagedCallersOnly]
-    private static void Region(void* job)
+    public static void Region(void* job)
     {
         var items = (ParallelJob*)job;
         int thread = s_threadNum();
         if (thread == 0 && s_numThreads != null) items->Team = s_numThreads();
         items->Work(thread);
-    }
-
-    private struct EveryThread
-    {
-        public delegate*<void*, void> Body;
-        public void* State;
-    }
-
-    [UnmanagedCallersOnly]
-    private static void EveryThreadRegion(void* call)
-    {
-        var c = (EveryThread*)call;
-        c->Body(c->State);
     }
 }

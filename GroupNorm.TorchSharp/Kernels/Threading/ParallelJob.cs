@@ -32,7 +32,11 @@ internal unsafe struct ParallelJob
     private readonly delegate*<void*, long, long, void> _body;
     private readonly void* _state;
     private readonly long _count;
+    private readonly int _threads;
     private readonly int _ranges;
+
+    // A KernelOverride's handle when a test watches which threads run items (KernelOverride.Watcher), else zero.
+    private readonly IntPtr _watcher;
     private long _finished;
 
     // Items claimed so far within each range, one counter per range on its own cache line.
@@ -42,17 +46,22 @@ internal unsafe struct ParallelJob
     // unmanaged struct, and the happy path must not allocate.
     private IntPtr _failure;
 
-    public ParallelJob(long count, int threads, delegate*<void*, long, long, void> body, void* state)
+    public ParallelJob(long count, int threads, delegate*<void*, long, long, void> body, void* state, IntPtr watcher)
     {
         _body = body;
         _state = state;
         _count = count;
+        _threads = threads;
+        _watcher = watcher;
         _ranges = (int)Math.Clamp(Math.Min(threads, count), 1, RangeCounters.Capacity);
     }
 
     public readonly long Count => _count;
 
-    /// <summary>The size of the team that ran the job, when its runtime reports one (see <see cref="OpenMpTeam.Run"/>).</summary>
+    /// <summary>The threads the job was made for, the caller included.</summary>
+    public readonly int Threads => _threads;
+
+    /// <summary>The size of the team that ran the job, when its runtime reports one (see <see cref="OpenMpTeam.Region"/>).</summary>
     public int Team;
 
     /// <summary>
@@ -72,26 +81,22 @@ internal unsafe struct ParallelJob
             {
                 long start = begin + Interlocked.Add(ref claimed, chunk) - chunk;
                 if (start >= end) break;
-                Run(start, Math.Min(end, start + chunk));
+                long stop = Math.Min(end, start + chunk);
+                if (_watcher != IntPtr.Zero) KernelOverride.NoteExecuting(_watcher);
+                try
+                {
+                    _body(_state, start, stop);
+                }
+#pragma warning disable CA1031 // Rethrown on the calling thread by ThrowIfFailed; an exception must not reach native code.
+                catch (Exception e)
+#pragma warning restore CA1031
+                {
+                    var handle = GCHandle.Alloc(e);
+                    if (Interlocked.CompareExchange(ref _failure, GCHandle.ToIntPtr(handle), IntPtr.Zero) != IntPtr.Zero) handle.Free();
+                }
+                Interlocked.Add(ref _finished, stop - start);
             }
         }
-    }
-
-    private void Run(long start, long end)
-    {
-        ExecutingThreads.Note();
-        try
-        {
-            _body(_state, start, end);
-        }
-#pragma warning disable CA1031 // Rethrown on the calling thread by ThrowIfFailed; an exception must not reach native code.
-        catch (Exception e)
-#pragma warning restore CA1031
-        {
-            var handle = GCHandle.Alloc(e);
-            if (Interlocked.CompareExchange(ref _failure, GCHandle.ToIntPtr(handle), IntPtr.Zero) != IntPtr.Zero) handle.Free();
-        }
-        Interlocked.Add(ref _finished, end - start);
     }
 
     /// <summary>Whether every item has run (chunks claimed by other threads included).</summary>

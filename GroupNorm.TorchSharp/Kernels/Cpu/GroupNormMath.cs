@@ -2,10 +2,17 @@ using System;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 
-namespace GroupNormalization.Kernels;
+namespace GroupNormalization.Kernels.Cpu;
 
 /// <summary>
-/// The formulas of Group Normalization, in one place. Every kernel implements exactly these.
+/// The formulas of Group Normalization, and the fused CPU kernels' arithmetic for them. Who shares what:
+/// every loop under <c>Kernels/Cpu</c> takes its coefficients (rstd, the output's scale and shift, dx's b
+/// and k, dγ and dβ, the μ split) from this class, and SiLU and SiLU′ from <see cref="SiLU"/>, written once
+/// for every vector width. The tensor paths, the device-generic kernel and the recorded backward for
+/// second derivatives, share <see cref="TensorFormulas"/>: the same formulas as TorchSharp operations,
+/// written once for both. The two families are checked against each other and against libtorch by the
+/// parity tests, not by sharing code: one computes in float64 coefficients over raw memory, the other in
+/// the arithmetic type over tensors.
 /// <code>
 /// Notation: sample n, channel c in group g (D = C/G consecutive channels), spatial position s (S positions).
 ///           M = D·S elements share one set of statistics.
@@ -130,40 +137,4 @@ internal static class GroupNormMath
         T hi = T.CreateTruncating(mean);
         return (hi, T.CreateTruncating(mean - double.CreateTruncating(hi)));
     }
-}
-
-/// <summary>
-/// Count, mean and sum of squared deviations of a set of values; merging two sets uses Chan et al.'s
-/// pairwise update, which stays stable however large the mean is relative to the spread.
-/// </summary>
-internal struct Moments
-{
-    public double Count;
-    public double Mean;
-    public double M2;
-
-    public Moments(double count, double mean, double m2)
-    {
-        Count = count;
-        Mean = mean;
-        M2 = m2;
-    }
-
-    public void Merge(in Moments other)
-    {
-        if (other.Count == 0) return;
-        if (Count == 0)
-        {
-            this = other;
-            return;
-        }
-        double n = Count + other.Count;
-        double delta = other.Mean - Mean;
-        Mean += delta * (other.Count / n);
-        M2 += other.M2 + delta * delta * (Count * other.Count / n);
-        Count = n;
-    }
-
-    /// <summary>Biased variance, σ² = M2 / count (0 for an empty set).</summary>
-    public readonly double Variance => Count > 0 ? Math.Max(M2, 0) / Count : 0;
 }

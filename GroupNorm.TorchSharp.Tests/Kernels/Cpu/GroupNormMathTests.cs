@@ -1,7 +1,7 @@
-using GroupNormalization.Kernels;
+using GroupNormalization.Kernels.Cpu;
 using NUnit.Framework;
 
-namespace GroupNormalization.Tests.Kernels;
+namespace GroupNormalization.Tests.Kernels.Cpu;
 
 /// <summary>The statistics helpers the fused kernels build on, checked on values with known answers.</summary>
 [TestFixture]
