@@ -21,22 +21,6 @@ internal static unsafe class ChannelsFirstKernel
     /// <summary>Most planes whose constants a row keeps on the stack for that loop.</summary>
     private const long MaxStackPlanes = 1024;
 
-    public static void Forward<TE, TS, T, TA>(ForwardCall* call)
-        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
-    {
-        var job = new ForwardJob<TE, TS, T, TA> { O = new(call), S = call->Shape, Eps = call->Eps, Plan = call->Plan };
-        SplitPhases.Forward<ForwardJob<TE, TS, T, TA>>(&job, &job.P, job.Plan, 1, call->Mean, call->Rstd, call->Eps);
-    }
-
-    public static void Backward<TE, TS, T, TA>(BackwardCall* call)
-        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
-    {
-        var job = new BackwardJob<TE, TS, T, TA> { O = new(call), S = call->Shape, Plan = call->Plan };
-        SplitPhases.Backward<BackwardJob<TE, TS, T, TA>>(&job, &job.P, job.Plan, job.S.D, call->SumA, call->SumB, call->Dx != null);
-    }
-
     /// <summary>
     /// Moments of a contiguous span in one pass (see <see cref="GroupNormMath.ShiftedMoments"/>), shifted by
     /// the mean of its first <see cref="ShiftSample"/> elements; a second pass only when that shift turns out
@@ -62,15 +46,17 @@ internal static unsafe class ChannelsFirstKernel
         static double Shift(T hi, T lo) => double.CreateTruncating(hi) + double.CreateTruncating(lo);
     }
 
-    private struct ForwardJob<TE, TS, T, TA> : IForwardJob
+    internal struct ForwardJob<TE, TS, T, TA> : IForwardJob<ForwardJob<TE, TS, T, TA>>
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
         public ForwardOperands<TS, T> O;
         public GroupNormShape S;
         public double Eps;
-        public WorkPlan Plan;
-        public SplitBuffers P;
+        public WorkPlan Plan { get; init; }
+
+        public static ForwardJob<TE, TS, T, TA> For(ForwardCall* call) =>
+            new() { O = new(call), S = call->Shape, Eps = call->Eps, Plan = call->Plan };
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public static void WholeRows(void* job, long start, long end)
@@ -86,28 +72,12 @@ internal static unsafe class ChannelsFirstKernel
             }
         }
 
-        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void BlockMoments(void* job, long start, long end)
-        {
-            var j = (ForwardJob<TE, TS, T, TA>*)job;
-            long len = j->Plan.RowLength;
-            for (long item = start; item < end; item++)
-            {
-                var (row, b0, b1) = j->Plan.ItemRange(item);
-                j->P.Moments[item] = RowwiseMoments<TE, TS, T>(j->O.X + row * len + b0, b1 - b0);
-            }
-        }
+        public readonly long PerItem => 1;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void BlockOutputs(void* job, long start, long end)
-        {
-            var j = (ForwardJob<TE, TS, T, TA>*)job;
-            for (long item = start; item < end; item++)
-            {
-                var (row, b0, b1) = j->Plan.ItemRange(item);
-                j->ApplyScaleBias(row, b0, b1);
-            }
-        }
+        public readonly void BlockMoments(long row, long start, long end, Moments* moments) =>
+            *moments = RowwiseMoments<TE, TS, T>(O.X + row * Plan.RowLength + start, end - start);
+
 
         private readonly void SetStatistics(long row, in Moments m)
         {
@@ -117,7 +87,7 @@ internal static unsafe class ChannelsFirstKernel
 
         /// <summary>y = act((x − μ)·r·γ + β) over elements [start, end) of row r, channel plane by channel plane.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        private readonly void ApplyScaleBias(long r, long start, long end)
+        public readonly void ApplyScaleBias(long r, long start, long end)
         {
             long g = r % S.G, plane = S.S;
             TS* xr = O.X + r * Plan.RowLength, yr = O.Y + r * Plan.RowLength;
@@ -144,14 +114,16 @@ internal static unsafe class ChannelsFirstKernel
         }
     }
 
-    private struct BackwardJob<TE, TS, T, TA> : IBackwardJob
+    internal struct BackwardJob<TE, TS, T, TA> : IBackwardJob<BackwardJob<TE, TS, T, TA>>
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
         public BackwardOperands<TS, T> O;
         public GroupNormShape S;
-        public WorkPlan Plan;
-        public SplitBuffers P;
+        public WorkPlan Plan { get; init; }
+
+        public static BackwardJob<TE, TS, T, TA> For(BackwardCall* call) =>
+            new() { O = new(call), S = call->Shape, Plan = call->Plan };
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public static void WholeRows(void* job, long start, long end)
@@ -170,32 +142,12 @@ internal static unsafe class ChannelsFirstKernel
             }
         }
 
-        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void BlockSums(void* job, long start, long end)
-        {
-            var j = (BackwardJob<TE, TS, T, TA>*)job;
-            long d = j->S.D;
-            for (long item = start; item < end; item++)
-            {
-                var (row, b0, b1) = j->Plan.ItemRange(item);
-                j->ChannelGradientSums(row, b0, b1, j->P.PartA + item * d, j->P.PartB + item * d);
-            }
-        }
+        public readonly long PerItem => S.D;
 
-        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void BlockInputGradients(void* job, long start, long end)
-        {
-            var j = (BackwardJob<TE, TS, T, TA>*)job;
-            for (long item = start; item < end; item++)
-            {
-                var (row, b0, b1) = j->Plan.ItemRange(item);
-                j->InputGradient(row, b0, b1);
-            }
-        }
 
         /// <summary>Adds the sums A and B of elements [start, end) of row r into its channels' slots a[j], b[j].</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        private readonly void ChannelGradientSums(long r, long start, long end, double* a, double* b)
+        public readonly void ChannelGradientSums(long r, long start, long end, double* a, double* b)
         {
             long g = r % S.G, plane = S.S;
             TS* xr = O.X + r * Plan.RowLength, gr = O.Dy + r * Plan.RowLength;
@@ -216,7 +168,7 @@ internal static unsafe class ChannelsFirstKernel
 
         /// <summary>dx over elements [start, end) of row r, from the row's complete sums.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        private readonly void InputGradient(long r, long start, long end)
+        public readonly void InputGradient(long r, long start, long end)
         {
             long g = r % S.G, plane = S.S;
             var group = new GroupConstants<T>(O.Mean[r], O.Rstd[r], O.Weight, O.Bias);

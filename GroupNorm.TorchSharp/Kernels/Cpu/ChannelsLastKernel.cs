@@ -13,22 +13,6 @@ namespace GroupNormalization.Kernels.Cpu;
 /// </summary>
 internal static unsafe class ChannelsLastKernel
 {
-    public static void Forward<TE, TS, T, TA>(ForwardCall* call)
-        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
-    {
-        var job = new ForwardJob<TE, TS, T, TA> { O = new(call), S = call->Shape, Eps = call->Eps, Plan = call->Plan };
-        SplitPhases.Forward<ForwardJob<TE, TS, T, TA>>(&job, &job.P, job.Plan, job.S.G, call->Mean, call->Rstd, call->Eps);
-    }
-
-    public static void Backward<TE, TS, T, TA>(BackwardCall* call)
-        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
-    {
-        var job = new BackwardJob<TE, TS, T, TA> { O = new(call), S = call->Shape, Plan = call->Plan };
-        SplitPhases.Backward<BackwardJob<TE, TS, T, TA>>(&job, &job.P, job.Plan, job.S.C, call->SumA, call->SumB, call->Dx != null);
-    }
-
     /// <summary>
     /// Per-channel constants of sample n's output, z = (x − hi[c])·scale[c] + shift[c] (μlo folded into
     /// shift), and lo[c] for the centred sums; <paramref name="lo"/>, and <paramref name="scale"/> with
@@ -125,15 +109,17 @@ internal static unsafe class ChannelsLastKernel
         }
     }
 
-    private struct ForwardJob<TE, TS, T, TA> : IForwardJob
+    internal struct ForwardJob<TE, TS, T, TA> : IForwardJob<ForwardJob<TE, TS, T, TA>>
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
         public ForwardOperands<TS, T> O;
         public GroupNormShape S;
         public double Eps;
-        public WorkPlan Plan;
-        public SplitBuffers P;
+        public WorkPlan Plan { get; init; }
+
+        public static ForwardJob<TE, TS, T, TA> For(ForwardCall* call) =>
+            new() { O = new(call), S = call->Shape, Eps = call->Eps, Plan = call->Plan };
 
         /// <summary>Whole samples: each one's group moments, its μ and r, then its output.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -156,36 +142,22 @@ internal static unsafe class ChannelsLastKernel
             }
         }
 
-        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void BlockMoments(void* job, long start, long end)
-        {
-            var j = (ForwardJob<TE, TS, T, TA>*)job;
-            long g = j->S.G;
-            for (long item = start; item < end; item++)
-            {
-                var (n, p0, p1) = j->Plan.ItemRange(item);
-                var slice = new Span<Moments>(j->P.Moments + item * g, (int)g);
-                slice.Clear();
-                ColumnwiseMoments<TE, TS, T>(j->Sample(j->O.X, n), j->S, p0, p1, slice);
-            }
-        }
+        public readonly long PerItem => S.G;
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void BlockOutputs(void* job, long start, long end)
+        public readonly void BlockMoments(long n, long p0, long p1, Moments* moments)
         {
-            var j = (ForwardJob<TE, TS, T, TA>*)job;
-            for (long item = start; item < end; item++)
-            {
-                var (n, p0, p1) = j->Plan.ItemRange(item);
-                j->ApplyScaleBias(n, p0, p1);
-            }
+            var groups = new Span<Moments>(moments, (int)S.G);
+            groups.Clear();
+            ColumnwiseMoments<TE, TS, T>(Sample(O.X, n), S, p0, p1, groups);
         }
+
 
         private readonly TS* Sample(TS* p, long n) => p + n * S.S * S.C;
 
         /// <summary>y = act((x − μ)·r·γ + β) over positions [p0, p1) of sample n.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        private readonly void ApplyScaleBias(long n, long p0, long p1)
+        public readonly void ApplyScaleBias(long n, long p0, long p1)
         {
             long c = S.C;
             using var scratch = new Scratch(3 * c * sizeof(T));
@@ -198,14 +170,16 @@ internal static unsafe class ChannelsLastKernel
         }
     }
 
-    private struct BackwardJob<TE, TS, T, TA> : IBackwardJob
+    internal struct BackwardJob<TE, TS, T, TA> : IBackwardJob<BackwardJob<TE, TS, T, TA>>
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation
     {
         public BackwardOperands<TS, T> O;
         public GroupNormShape S;
-        public WorkPlan Plan;
-        public SplitBuffers P;
+        public WorkPlan Plan { get; init; }
+
+        public static BackwardJob<TE, TS, T, TA> For(BackwardCall* call) =>
+            new() { O = new(call), S = call->Shape, Plan = call->Plan };
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public static void WholeRows(void* job, long start, long end)
@@ -221,34 +195,14 @@ internal static unsafe class ChannelsLastKernel
             }
         }
 
-        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void BlockSums(void* job, long start, long end)
-        {
-            var j = (BackwardJob<TE, TS, T, TA>*)job;
-            long c = j->S.C;
-            for (long item = start; item < end; item++)
-            {
-                var (n, p0, p1) = j->Plan.ItemRange(item);
-                j->ChannelGradientSums(n, p0, p1, j->P.PartA + item * c, j->P.PartB + item * c);
-            }
-        }
+        public readonly long PerItem => S.C;
 
-        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        public static void BlockInputGradients(void* job, long start, long end)
-        {
-            var j = (BackwardJob<TE, TS, T, TA>*)job;
-            for (long item = start; item < end; item++)
-            {
-                var (n, p0, p1) = j->Plan.ItemRange(item);
-                j->InputGradient(n, p0, p1);
-            }
-        }
 
         private readonly TS* Sample(TS* p, long n) => p + n * S.S * S.C;
 
         /// <summary>Adds the sums A and B of positions [p0, p1) of sample n into a[c], b[c].</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        private readonly void ChannelGradientSums(long n, long p0, long p1, double* a, double* b)
+        public readonly void ChannelGradientSums(long n, long p0, long p1, double* a, double* b)
         {
             long c = S.C;
             using var scratch = new Scratch(4 * c * sizeof(T));
@@ -268,7 +222,7 @@ internal static unsafe class ChannelsLastKernel
 
         /// <summary>dx over positions [p0, p1) of sample n, from the sample's complete sums.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        private readonly void InputGradient(long n, long p0, long p1)
+        public readonly void InputGradient(long n, long p0, long p1)
         {
             long c = S.C;
             using var scratch = new Scratch(5 * c * sizeof(T));

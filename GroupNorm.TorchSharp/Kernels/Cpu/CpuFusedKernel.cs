@@ -194,8 +194,8 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
             where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
             where TA : struct, IActivation =>
             layout == ChannelLayout.ChannelsFirst
-                ? (delegate*<ForwardCall*, void>)&ChannelsFirstKernel.Forward<TE, TS, T, TA>
-                : (delegate*<ForwardCall*, void>)&ChannelsLastKernel.Forward<TE, TS, T, TA>;
+                ? (delegate*<ForwardCall*, void>)&SplitPhases.Forward<ChannelsFirstKernel.ForwardJob<TE, TS, T, TA>>
+                : (delegate*<ForwardCall*, void>)&SplitPhases.Forward<ChannelsLastKernel.ForwardJob<TE, TS, T, TA>>;
     }
 
     private struct BackwardPass : IPass
@@ -204,8 +204,8 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
             where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
             where TA : struct, IActivation =>
             layout == ChannelLayout.ChannelsFirst
-                ? (delegate*<BackwardCall*, void>)&ChannelsFirstKernel.Backward<TE, TS, T, TA>
-                : (delegate*<BackwardCall*, void>)&ChannelsLastKernel.Backward<TE, TS, T, TA>;
+                ? (delegate*<BackwardCall*, void>)&SplitPhases.Backward<ChannelsFirstKernel.BackwardJob<TE, TS, T, TA>>
+                : (delegate*<BackwardCall*, void>)&SplitPhases.Backward<ChannelsLastKernel.BackwardJob<TE, TS, T, TA>>;
     }
 
     private static void* Entry<TPass>(ScalarType dtype, Activation activation, ChannelLayout layout) where TPass : struct, IPass =>
