@@ -1,6 +1,6 @@
 using System;
 using System.Linq;
-using GroupNormalization.Tests.Parity;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -2,7 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Globalization;
 using System.Linq;
-using GroupNormalization.Tests.Parity;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -22,11 +22,6 @@ public sealed class WeightStandardizedConv2dTests
     // Two float64 evaluations of the same formula by different op sequences differ by a few ulps of the
     // result; 1e-12 of the output's scale leaves room for that and catches any wrong term.
     private const double Float64Tolerance = 1e-12;
-
-    // Central differences in float64: truncation ~h²·|f'''| ≈ 1e-12 and rounding ~2^-53·|f|/h ≈ 1e-10 for
-    // values of order 1, so 1e-7 of the gradient's scale catches any wrong term (as in GradientCheckTests).
-    private const double Step = 1e-6;
-    private const double FiniteDifferenceTolerance = 1e-7;
 
     /// <summary>float32's unit roundoff, 2^-24.</summary>
     private const double Float32Roundoff = 5.9604644775390625e-8;
@@ -253,29 +248,17 @@ public sealed class WeightStandardizedConv2dTests
             m.bias.copy_(bv);
             return (m.forward(xv) * u).sum().item<double>();
         }
-        Tensor Numeric(Tensor at, Func<Tensor, double> f)
-        {
-            var flat = at.flatten();
-            var g = torch.zeros(flat.numel(), ScalarType.Float64);
-            for (long i = 0; i < flat.numel(); i++)
-            {
-                var e = torch.zeros_like(flat);
-                e[i] = Step;
-                g[i] = (f((flat + e).reshape(at.shape)) - f((flat - e).reshape(at.shape))) / (2 * Step);
-            }
-            return g.reshape(at.shape);
-        }
-        var nx = Numeric(x0, xv => L(xv, w0, b0));
-        var nw = Numeric(w0, wv => L(x0, wv, b0));
-        var nb = Numeric(b0, bv => L(x0, w0, bv));
+        var nx = FiniteDifferences.Gradient(x0, xv => L(xv, w0, b0));
+        var nw = FiniteDifferences.Gradient(w0, wv => L(x0, wv, b0));
+        var nb = FiniteDifferences.Gradient(b0, bv => L(x0, w0, bv));
 
-        double ex = TestTensors.ScaledError(dx, nx, 1.0), ew = TestTensors.ScaledError(dw, nw, 1.0), eb = TestTensors.ScaledError(db, nb, 1.0);
+        double ex = FiniteDifferences.Error(dx, nx), ew = FiniteDifferences.Error(dw, nw), eb = FiniteDifferences.Error(db, nb);
         TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"vs finite differences: dx {ex:E2}, dW {ew:E2}, db {eb:E2}"));
         Assert.Multiple(() =>
         {
-            Assert.That(ex, Is.LessThanOrEqualTo(FiniteDifferenceTolerance), "dx");
-            Assert.That(ew, Is.LessThanOrEqualTo(FiniteDifferenceTolerance), "dW");
-            Assert.That(eb, Is.LessThanOrEqualTo(FiniteDifferenceTolerance), "db");
+            Assert.That(ex, Is.LessThanOrEqualTo(FiniteDifferences.Tolerance), "dx");
+            Assert.That(ew, Is.LessThanOrEqualTo(FiniteDifferences.Tolerance), "dW");
+            Assert.That(eb, Is.LessThanOrEqualTo(FiniteDifferences.Tolerance), "db");
         });
     }
 

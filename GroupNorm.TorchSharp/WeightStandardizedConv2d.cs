@@ -123,12 +123,12 @@ public sealed class WeightStandardizedConv2d : Convolution
 
         using var scope = torch.NewDisposeScope();
         // Half types keep too few digits for a variance (bfloat16 has 8 bits of mantissa): the statistics and
-        // the division run in float32 and the result is rounded once.
-        bool half = dtype is ScalarType.Float16 or ScalarType.BFloat16;
-        var w = half ? weight.to(ScalarType.Float32) : weight;
+        // the division run in float32, as GroupNorm's do, and the result is rounded once.
+        var arithmetic = DTypeRules.Arithmetic(dtype);
+        var w = dtype == arithmetic ? weight : weight.to(arithmetic);
         var (variance, mean) = w.var_mean(dims, unbiased: false, keepdim: true);
         var standardized = (w - mean) / (variance + eps).sqrt();
-        if (half) standardized = standardized.to(dtype);
+        if (arithmetic != dtype) standardized = standardized.to(dtype);
         return standardized.MoveToOuterDisposeScope();
     }
 

@@ -3,8 +3,7 @@ using System.Collections.Generic;
 using System.Globalization;
 using System.Linq;
 using GroupNormalization.Autograd;
-using GroupNormalization.Kernels;
-using GroupNormalization.Tests.Parity;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -58,13 +57,13 @@ public sealed class DoubleBackwardTests
             {
                 Tensor[] ours;
                 BackwardRoute route;
-                using (var forced = KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
+                using (var forced = path.Force())
                 {
-                    ours = SecondOrder((x, w, b) => Functional.group_norm(x, Groups, w, b, Eps, activation), inputs, use);
+                    ours = SecondOrderOf((x, w, b) => Functional.group_norm(x, Groups, w, b, Eps, activation), inputs, use);
                     route = forced.LastBackward;
                 }
                 Assert.That(route, Is.EqualTo(BackwardRoute.Recorded), $"{use.Name}: the first backward's route");
-                var native = SecondOrder((x, w, b) => Oracle.Activate(torch.nn.functional.group_norm(x, Groups, w, b, Eps), activation), inputs, use);
+                var native = SecondOrderOf((x, w, b) => Oracle.Activate(torch.nn.functional.group_norm(x, Groups, w, b, Eps), activation), inputs, use);
                 for (int i = 0; i < ours.Length; i++)
                 {
                     double error = TestTensors.RelativeError(ours[i], native[i]);
@@ -93,7 +92,7 @@ public sealed class DoubleBackwardTests
         var u = torch.randn(shape, ScalarType.Float64);
         var v = torch.randn(4, ScalarType.Float64);
         var t = torch.randn(4, ScalarType.Float64);
-        using var forced = KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null);
+        using var forced = path.Force();
 
         double S(Tensor dyi, bool record, out Tensor? dyLeaf)
         {
@@ -147,7 +146,7 @@ public sealed class DoubleBackwardTests
 
         Tensor dx;
         BackwardRoute route;
-        using (var forced = KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
+        using (var forced = path.Force())
         {
             var xl = x.detach().requires_grad_();
             var y = Functional.group_norm(xl, Groups, w.detach().requires_grad_(), b, Eps, Activation.SiLU);
@@ -191,7 +190,7 @@ public sealed class DoubleBackwardTests
         var bl = b.detach().requires_grad_();
         Tensor[] grads;
         BackwardRoute route;
-        using (var forced = KernelOverride.Force(kernel: savedBy == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
+        using (var forced = savedBy.Force())
         {
             var y = Functional.group_norm(xl, groups, wl, bl, Eps, activation);
             grads = torch.autograd.grad(new[] { y }, new[] { xl, wl, bl }, new[] { dy }, create_graph: true, retain_graph: true).ToArray();
@@ -229,28 +228,6 @@ public sealed class DoubleBackwardTests
         torch.randn(Shape[1], ScalarType.Float64),
         torch.randn(Shape[1], ScalarType.Float64));
 
-    /// <summary>∂s/∂dy, ∂s/∂x, ∂s/∂weight, ∂s/∂bias (zeros where s does not depend on one).</summary>
-    private static Tensor[] SecondOrder(Func<Tensor, Tensor, Tensor, Tensor> groupNorm, SecondOrderInputs p,
-        (string Name, bool Dx, bool Dw, bool Db) use)
-    {
-        var dyl = p.Dy.detach().requires_grad_();
-        var xl = p.X.detach().requires_grad_();
-        var wl = p.W.detach().requires_grad_();
-        var bl = p.B.detach().requires_grad_();
-        var leaves = new[] { dyl, xl, wl, bl };
-        var y = groupNorm(xl, wl, bl);
-        // TorchSharp does not imply retain_graph from create_graph, as PyTorch does.
-        var first = torch.autograd.grad(new[] { y }, new[] { xl, wl, bl }, new[] { dyl }, create_graph: true, retain_graph: true);
-        var terms = new List<Tensor>();
-        if (use.Dx) terms.Add((first[0] * p.U).sum());
-        if (use.Dw) terms.Add((first[1] * p.V).sum());
-        if (use.Db) terms.Add((first[2] * p.T).sum());
-        var s = terms.Aggregate((a, c) => a + c);
-        // A backward that recorded nothing leaves s without a graph; autograd.grad would end the process.
-        if (!s.requires_grad) return leaves.Select(l => torch.zeros_like(l)).ToArray();
-        // allow_unused: dbias does not depend on x or weight without an activation, and TorchSharp
-        // terminates the process when autograd.grad meets an input outside the graph otherwise.
-        var second = torch.autograd.grad(new[] { s }, leaves, allow_unused: true);
-        return second.Select((g, i) => g is null || g.IsInvalid ? torch.zeros_like(leaves[i]) : g).ToArray();
-    }
+    private static Tensor[] SecondOrderOf(Func<Tensor, Tensor, Tensor, Tensor> groupNorm, SecondOrderInputs p, (string Name, bool Dx, bool Dw, bool Db) use) =>
+        SecondOrder.Derivatives(groupNorm, p.X, p.W, p.B, p.Dy, use.Dx ? p.U : null, use.Dw ? p.V : null, use.Db ? p.T : null);
 }

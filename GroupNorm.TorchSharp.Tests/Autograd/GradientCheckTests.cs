@@ -2,8 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Globalization;
 using System.Linq;
-using GroupNormalization.Kernels;
-using GroupNormalization.Tests.Parity;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -22,14 +21,8 @@ public sealed class GradientCheckTests
 {
     private const double Eps = 1e-5;
 
-    // Central differences: truncation ~h²·|f'''| ≈ 1e-12 and rounding ~2^-53·|f|/h ≈ 1e-10 for values of
-    // order 1, so 1e-7 of the Jacobian's scale catches any wrong term while ignoring both.
-    private const double Step = 1e-6;
-    private const double FiniteDifferenceTolerance = 1e-7;
-
-    // Second derivatives by differencing first derivatives: the same argument, one derivative higher
-    // (values grow with r³ ≈ 1 to 10 on these inputs).
-    private const double SecondOrderTolerance = 1e-6;
+    // Differences of y along each input, for the Jacobian; the tolerances are FiniteDifferences'.
+    private const double Step = FiniteDifferences.Step;
 
     public static IEnumerable<TestCaseData> Cases()
     {
@@ -60,7 +53,7 @@ public sealed class GradientCheckTests
 
         // Row j of the Jacobian: the gradient of y[j] (a vector-Jacobian product with a one-hot vector).
         var analytic = torch.zeros(ny, ny + 2 * shape[1], ScalarType.Float64);
-        using (Force(path))
+        using (path.Force())
         {
             var xl = x.detach().requires_grad_();
             var wl = w.detach().requires_grad_();
@@ -77,7 +70,7 @@ public sealed class GradientCheckTests
         // Column i: central difference of y along input i.
         var numeric = torch.zeros(ny, ny + 2 * shape[1], ScalarType.Float64);
         using (torch.no_grad())
-        using (Force(path))
+        using (path.Force())
         {
             var flat = torch.cat(new[] { x.flatten(), w, b }, 0);
             var unit = torch.eye(flat.numel(), dtype: ScalarType.Float64);
@@ -89,9 +82,9 @@ public sealed class GradientCheckTests
             }
         }
 
-        double error = ScaledError(analytic, numeric);
+        double error = FiniteDifferences.Error(analytic, numeric);
         TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"Jacobian: max|analytic − numeric| / max(1, max|numeric|) = {error:E2}"));
-        Assert.That(error, Is.LessThanOrEqualTo(FiniteDifferenceTolerance), "Jacobian of y against central differences");
+        Assert.That(error, Is.LessThanOrEqualTo(FiniteDifferences.Tolerance), "Jacobian of y against central differences");
     }
 
     /// <summary>
@@ -109,41 +102,24 @@ public sealed class GradientCheckTests
         var v = torch.randn(shape, ScalarType.Float64);
 
         Tensor[] ours;
-        using (Force(path))
-            ours = SecondOrder((xi, wi, bi) => Functional.group_norm(xi, groups, wi, bi, Eps, activation), x, w, b, u, v);
-        var native = SecondOrder((xi, wi, bi) => Oracle.Activate(torch.nn.functional.group_norm(xi, groups, wi, bi, Eps), activation), x, w, b, u, v);
+        using (path.Force())
+            ours = SecondOrderOf((xi, wi, bi) => Functional.group_norm(xi, groups, wi, bi, Eps, activation), x, w, b, u, v);
+        var native = SecondOrderOf((xi, wi, bi) => Oracle.Activate(torch.nn.functional.group_norm(xi, groups, wi, bi, Eps), activation), x, w, b, u, v);
 
         // s as a plain number, for differencing: first-order gradient only, no graph kept.
         double S(Tensor xi, Tensor wi, Tensor bi)
         {
             using var inner = torch.NewDisposeScope();
-            using var forced = Force(path);
+            using var forced = path.Force();
             var xl = xi.detach().requires_grad_();
             var y = Functional.group_norm(xl, groups, wi, bi, Eps, activation);
             var dx = torch.autograd.grad(new[] { (y * u).sum() }, new[] { xl })[0];
             return (dx * v).sum().item<double>();
         }
 
-        var numericX = torch.zeros(x.numel(), ScalarType.Float64);
-        var unitX = torch.eye(x.numel(), dtype: ScalarType.Float64);
-        for (long i = 0; i < x.numel(); i++)
-        {
-            var e = Step * unitX[i].reshape(shape);
-            numericX[i] = (S(x + e, w, b) - S(x - e, w, b)) / (2 * Step);
-        }
-        var numericW = torch.zeros(w.numel(), ScalarType.Float64);
-        var unitW = torch.eye(w.numel(), dtype: ScalarType.Float64);
-        for (long i = 0; i < w.numel(); i++)
-        {
-            var e = Step * unitW[i];
-            numericW[i] = (S(x, w + e, b) - S(x, w - e, b)) / (2 * Step);
-        }
-        var numericB = torch.zeros(b.numel(), ScalarType.Float64);
-        for (long i = 0; i < b.numel(); i++)
-        {
-            var e = Step * unitW[i];
-            numericB[i] = (S(x, w, b + e) - S(x, w, b - e)) / (2 * Step);
-        }
+        var numericX = FiniteDifferences.Gradient(x, xi => S(xi, w, b));
+        var numericW = FiniteDifferences.Gradient(w, wi => S(x, wi, b));
+        var numericB = FiniteDifferences.Gradient(b, bi => S(x, w, bi));
 
         // In a group of two elements x̂ = ±σ/√(σ² + ε) depends on x only through ε, so its derivatives are
         // ε/σ² of the terms that form them and carry their rounding σ²/ε times magnified (measured 7e-12
@@ -152,18 +128,18 @@ public sealed class GradientCheckTests
         if (x.numel() / (shape[0] * groups) == 2)
             conditioning += x.reshape(shape[0], groups, -1).var(new long[] { 2 }, unbiased: false).max().item<double>() / Eps;
         double nativeTolerance = ParityCheck.Float64Tolerance * conditioning;
-        double fdX = ScaledError(ours[0].flatten(), numericX), fdW = ScaledError(ours[1], numericW);
+        double fdX = FiniteDifferences.Error(ours[0], numericX), fdW = FiniteDifferences.Error(ours[1], numericW);
         double nativeX = TestTensors.RelativeError(ours[0], native[0]), nativeW = TestTensors.RelativeError(ours[1], native[1]);
         TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"d²: vs finite differences x={fdX:E2} w={fdW:E2}; vs libtorch x={nativeX:E2} w={nativeW:E2} (bound {nativeTolerance:E2})"));
         Assert.Multiple(() =>
         {
-            double fdB = ScaledError(ours[2], numericB), nativeB = TestTensors.RelativeError(ours[2], native[2]);
+            double fdB = FiniteDifferences.Error(ours[2], numericB), nativeB = TestTensors.RelativeError(ours[2], native[2]);
             TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"d² bias: vs finite differences {fdB:E2}; vs libtorch {nativeB:E2}"));
-            Assert.That(fdB, Is.LessThanOrEqualTo(SecondOrderTolerance), "∂s/∂bias vs finite differences");
+            Assert.That(fdB, Is.LessThanOrEqualTo(FiniteDifferences.SecondOrderTolerance), "∂s/∂bias vs finite differences");
             Assert.That(nativeB, Is.LessThanOrEqualTo(nativeTolerance), "∂s/∂bias vs libtorch");
-            Assert.That(fdX, Is.LessThanOrEqualTo(SecondOrderTolerance), "∂s/∂x vs finite differences");
-            Assert.That(fdW, Is.LessThanOrEqualTo(SecondOrderTolerance), "∂s/∂weight vs finite differences");
+            Assert.That(fdX, Is.LessThanOrEqualTo(FiniteDifferences.SecondOrderTolerance), "∂s/∂x vs finite differences");
+            Assert.That(fdW, Is.LessThanOrEqualTo(FiniteDifferences.SecondOrderTolerance), "∂s/∂weight vs finite differences");
             Assert.That(nativeX, Is.LessThanOrEqualTo(nativeTolerance), "∂s/∂x vs libtorch");
             Assert.That(nativeW, Is.LessThanOrEqualTo(nativeTolerance), "∂s/∂weight vs libtorch");
         });
@@ -186,7 +162,7 @@ public sealed class GradientCheckTests
 
         Tensor Ours()
         {
-            using var forced = Force(path);
+            using var forced = path.Force();
             return SecondOrderX(xi => Functional.group_norm(xi, 3, w, null, Eps, activation), x, u, v);
         }
         var native = SecondOrderX(xi => Oracle.Activate(torch.nn.functional.group_norm(xi, 3, w ?? torch.ones(6, ScalarType.Float64), null, Eps), activation), x, u, v);
@@ -203,22 +179,9 @@ public sealed class GradientCheckTests
         return torch.autograd.grad(new[] { (dx * v).sum() }, new[] { xl })[0];
     }
 
-    /// <summary>∂s/∂x, ∂s/∂weight and ∂s/∂bias.</summary>
-    private static Tensor[] SecondOrder(Func<Tensor, Tensor, Tensor, Tensor> groupNorm, Tensor x, Tensor w, Tensor b, Tensor u, Tensor v)
-    {
-        var xl = x.detach().requires_grad_();
-        var wl = w.detach().requires_grad_();
-        var bl = b.detach().requires_grad_();
-        var y = groupNorm(xl, wl, bl);
-        // TorchSharp does not imply retain_graph from create_graph, as PyTorch does.
-        var dx = torch.autograd.grad(new[] { (y * u).sum() }, new[] { xl }, create_graph: true, retain_graph: true)[0];
-        var s = (dx * v).sum();
-        // Bias reaches dx only through SiLU′(z): without an activation, or with ReLU (whose derivative is
-        // piecewise constant), it is outside dx's graph and its derivative is 0. allow_unused, because
-        // TorchSharp terminates the process when autograd.grad is asked for a tensor outside the graph.
-        var grads = torch.autograd.grad(new[] { s }, new[] { xl, wl, bl }, allow_unused: true);
-        return grads.Select((g, i) => g is null || g.IsInvalid ? torch.zeros_like(i == 0 ? xl : i == 1 ? wl : bl) : g).ToArray();
-    }
+    /// <summary>∂s/∂x, ∂s/∂weight and ∂s/∂bias for s = (dx·v).sum(), dx the gradient of (y·u).sum().</summary>
+    private static Tensor[] SecondOrderOf(Func<Tensor, Tensor, Tensor, Tensor> groupNorm, Tensor x, Tensor w, Tensor b, Tensor u, Tensor v) =>
+        SecondOrder.Derivatives(groupNorm, x, w, b, u, v)[1..];
 
     private static Tensor Evaluate(Tensor flat, long[] shape, long groups, Activation activation)
     {
@@ -232,9 +195,4 @@ public sealed class GradientCheckTests
          torch.rand(shape[1], ScalarType.Float64) + 0.5,
          torch.randn(shape[1], ScalarType.Float64));
 
-    private static KernelOverride Force(KernelPath path) =>
-        KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null);
-
-    /// <summary>Against finite differences, relative to the derivative's size but never to less than 1.</summary>
-    private static double ScaledError(Tensor analytic, Tensor numeric) => TestTensors.ScaledError(analytic, numeric, 1.0);
 }

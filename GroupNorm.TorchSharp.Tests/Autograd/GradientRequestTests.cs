@@ -2,8 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Linq;
 using GroupNormalization.Autograd;
-using GroupNormalization.Kernels;
-using GroupNormalization.Tests.Parity;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -84,7 +83,7 @@ public sealed class GradientRequestTests
         }
         var xl = x.detach().requires_grad_(xGrad);
         var inputs = new[] { (xl, xGrad), (wl, wGrad), (bl, bGrad) }.Where(p => p.Item2).Select(p => p.Item1).ToArray();
-        using var forced = KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null);
+        using var forced = path.Force();
         var y = Functional.group_norm(xl, Groups, wl, bl, Eps, activation);
         var grads = torch.autograd.grad(new[] { y }, inputs, new[] { dy }).ToList();
         return (grads, ReturnedGradients.Held.Select(h => h.shape).ToList());
@@ -112,7 +111,7 @@ public sealed class GradientRequestTests
         }
 
         int held;
-        using (KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
+        using (path.Force())
         {
             (ours.forward(x) * dy).sum().backward();
             held = ReturnedGradients.Held.Count;
@@ -157,7 +156,7 @@ public sealed class GradientRequestTests
 
         GradientBlocker.Calls = 0;
         Tensor[] ours;
-        using (KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
+        using (path.Force())
             ours = Run((xi, wi, bi) => Functional.group_norm(xi, Groups, wi, bi, Eps, activation));
         var native = Run((xi, wi, bi) => Oracle.Activate(torch.nn.functional.group_norm(xi, Groups, wi, bi, Eps), activation));
 

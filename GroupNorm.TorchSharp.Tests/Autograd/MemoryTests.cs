@@ -3,8 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.IO;
 using System.Runtime.InteropServices;
-using GroupNormalization.Kernels;
-using GroupNormalization.Tests.Parity;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -28,7 +27,7 @@ public sealed class MemoryTests
     public void ThousandStepsLeakNoTensors([Values] KernelPath path)
     {
         using var m = new GroupNorm(4, 8);
-        using var forced = KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null);
+        using var forced = path.Force();
         Step(m);
         long before = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
         for (int i = 0; i < 1000; i++) Step(m);

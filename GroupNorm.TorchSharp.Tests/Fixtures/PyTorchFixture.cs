@@ -4,6 +4,7 @@ using System.Globalization;
 using System.IO;
 using System.Linq;
 using System.Text.Json;
+using GroupNormalization.Tests.Support;
 using static TorchSharp.torch;
 
 namespace GroupNormalization.Tests.Fixtures;
@@ -81,7 +82,7 @@ internal sealed class PyTorchFixture
     public Tensor LoadInLayout(string tensor)
     {
         var t = Load(tensor);
-        return ChannelsLast ? ToChannelsLast(t) : t;
+        return ChannelsLast ? TestTensors.ToChannelsLast(t) : t;
     }
 
     public static PyTorchFixture Read(string path) =>
@@ -95,44 +96,6 @@ internal sealed class PyTorchFixture
         Directory.Exists(Folder)
             ? Directory.GetFiles(Folder, "*.safetensors").OrderBy(p => p, StringComparer.Ordinal).ToArray()
             : Array.Empty<string>();
-
-    /// <summary>
-    /// The channels-last copy of a tensor of rank ≥ 3: memory order N, spatial…, C. TorchSharp has no
-    /// contiguous(memory_format), so the layout is made by permuting, copying and permuting back.
-    /// </summary>
-    public static Tensor ToChannelsLast(Tensor t)
-    {
-        var order = ChannelsLastOrder(t.ndim);
-        var back = new long[order.Length];
-        for (int i = 0; i < order.Length; i++) back[order[i]] = i;
-        using var permuted = t.permute(order);
-        using var dense = permuted.contiguous();
-        return dense.permute(back);
-    }
-
-    /// <summary>Whether a tensor's strides are those of a dense channels-last tensor (size-1 dimensions ignored).</summary>
-    public static bool IsChannelsLast(Tensor t)
-    {
-        var shape = t.shape;
-        var strides = t.stride();
-        long expected = 1;
-        foreach (var d in ChannelsLastOrder(t.ndim).Reverse())
-        {
-            if (shape[d] == 1) continue;
-            if (strides[d] != expected) return false;
-            expected *= shape[d];
-        }
-        return true;
-    }
-
-    private static long[] ChannelsLastOrder(long rank)
-    {
-        var order = new long[rank];
-        order[0] = 0;
-        for (long i = 2; i < rank; i++) order[i - 1] = i;
-        order[rank - 1] = 1;
-        return order;
-    }
 
     public override string ToString() => Name;
 }

@@ -5,6 +5,7 @@ using System.IO;
 using System.Linq;
 using System.Text;
 using System.Text.Json;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -134,7 +135,7 @@ public sealed class PyTorchFixtureTests
     private static IEnumerable<Check> Compare(PyTorchFixture fx, Output output, Tensor reference, StringBuilder report)
     {
         var (label, stored, ours) = (output.Label, output.Stored, output.Value);
-        double vsRef = RelativeError(ours, reference);
+        double vsRef = TestTensors.RelativeError(ours, reference);
         if (fx.Dtype == ScalarType.Float64)
         {
             report.AppendLine(CultureInfo.InvariantCulture, $"  {label,-22} {vsRef,11:E2}");
@@ -143,8 +144,8 @@ public sealed class PyTorchFixtureTests
         }
 
         var exact = fx.Load("f64." + stored);
-        double vsExact = RelativeError(ours, exact);
-        double torchVsExact = RelativeError(reference, exact);
+        double vsExact = TestTensors.RelativeError(ours, exact);
+        double torchVsExact = TestTensors.RelativeError(reference, exact);
         double tolerance = fx.Dtype switch
         {
             ScalarType.Float32 => Float32Tolerance,
@@ -216,9 +217,9 @@ public sealed class PyTorchFixtureTests
             var (x, w, b) = Leaves(fx);
             var y = Functional.group_norm(x, fx.NumGroups, w, b, fx.Eps);
             var grads = torch.autograd.grad(new[] { y }, Differentiable(x, w, b), new[] { dy });
-            if (fx.ChannelsLast && !PyTorchFixture.IsChannelsLast(y))
+            if (fx.ChannelsLast && !TestTensors.IsChannelsLast(y))
                 problems.Add($"y lost the input's channels_last layout: strides [{string.Join(", ", y.stride())}].");
-            if (fx.ChannelsLast && !PyTorchFixture.IsChannelsLast(grads[0]))
+            if (fx.ChannelsLast && !TestTensors.IsChannelsLast(grads[0]))
                 problems.Add($"dx lost the input's channels_last layout: strides [{string.Join(", ", grads[0].stride())}].");
             outputs.Add(new Output("y", y.detach(), false));
             AddGradients(outputs, grads, w, b, false);
@@ -251,18 +252,5 @@ public sealed class PyTorchFixtureTests
         outputs.Add(new Output("dx", grads[i++].detach(), createGraph));
         if (w is not null) outputs.Add(new Output("dweight", grads[i++].detach(), createGraph));
         if (b is not null) outputs.Add(new Output("dbias", grads[i].detach(), createGraph));
-    }
-
-    /// <summary>max|a − b| / max|b|, in float64.</summary>
-    private static double RelativeError(Tensor actual, Tensor expected)
-    {
-        using var a = actual.to(ScalarType.Float64);
-        using var e = expected.to(ScalarType.Float64);
-        using var diff = (a - e).abs().max();
-        using var scale = e.abs().max();
-        double d = diff.item<double>(), s = scale.item<double>();
-        // NaN compares as "less than" in NUnit's ordering; it must fail every bound instead.
-        if (double.IsNaN(d) || double.IsNaN(s)) return double.PositiveInfinity;
-        return s > 0 ? d / s : d;
     }
 }

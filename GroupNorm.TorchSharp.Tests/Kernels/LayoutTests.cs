@@ -1,5 +1,5 @@
 using GroupNormalization.Kernels;
-using GroupNormalization.Tests.Parity;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -29,7 +29,7 @@ public sealed class LayoutTests
         var result = Oracle.Ours(path, x, 3, w, b, 1e-5, torch.randn(shape, dtype));
         Tensor inference;
         using (torch.no_grad())
-        using (KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
+        using (path.Force())
             inference = Functional.group_norm(x, 3, w, b);
 
         Assert.Multiple(() =>

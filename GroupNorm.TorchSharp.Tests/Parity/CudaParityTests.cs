@@ -1,5 +1,6 @@
 using System.Collections.Generic;
 using System.Linq;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;

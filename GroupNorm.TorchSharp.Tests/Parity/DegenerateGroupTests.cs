@@ -2,7 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Globalization;
 using System.Linq;
-using GroupNormalization.Kernels;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -193,7 +193,7 @@ public sealed class DegenerateGroupTests
 
         Tensor dx;
         Tensor[] ours;
-        using (KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
+        using (path.Force())
             (dx, ours) = Run((xi, wi, bi) => Functional.group_norm(xi, 6, wi, bi, Eps, activation));
         var (_, native) = Run((xi, wi, bi) => Oracle.Activate(torch.nn.functional.group_norm(xi, 6, wi, bi, Eps), activation));
 

@@ -1,6 +1,6 @@
 using System.Linq;
 using GroupNormalization.Autograd;
-using GroupNormalization.Kernels;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -33,7 +33,7 @@ public sealed class InferenceParityTests
         Tensor underNoGrad;
         ForwardRoute noGradRoute, nothingRoute;
         using (torch.no_grad())
-        using (var forced = KernelOverride.Force(kernel: path == KernelPath.Generic ? KernelKind.DeviceGeneric : null))
+        using (var forced = path.Force())
         {
             underNoGrad = Functional.group_norm(x.detach().requires_grad_(), c.Groups,
                 w?.detach().requires_grad_(), b?.detach().requires_grad_(), Eps);

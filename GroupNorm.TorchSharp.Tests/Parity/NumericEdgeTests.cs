@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Linq;
 using GroupNormalization.Kernels;
 using GroupNormalization.Kernels.Cpu;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 using static TorchSharp.torch;

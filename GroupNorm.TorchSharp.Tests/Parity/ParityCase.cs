@@ -3,6 +3,7 @@ using System.Collections.Generic;
 using System.Globalization;
 using System.IO;
 using System.Linq;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using static TorchSharp.torch;
 

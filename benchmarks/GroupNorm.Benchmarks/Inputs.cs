@@ -1,4 +1,5 @@
 using System;
+using GroupNormalization.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -34,9 +35,7 @@ public sealed class Inputs : IDisposable
     public static Tensor InLayout(Tensor t, Layout layout)
     {
         if (layout == Layout.Nchw) return t;
-        using var nhwc = t.permute(0, 2, 3, 1).contiguous();
-        t.Dispose();
-        return nhwc.permute(0, 3, 1, 2);
+        using (t) return TensorMemory.DenseCopy(t, ChannelLayout.ChannelsLast);
     }
 
     public void Dispose()

@@ -10,9 +10,10 @@ namespace GroupNormalization.Kernels.Cpu;
 /// <summary>
 /// The boundary of the fused, multi-threaded CPU kernels: tensors become checked pointers here, then one
 /// entry is chosen on element type (<see cref="IElement{TS, T}"/>), activation (<see cref="IActivation"/>)
-/// and layout (<see cref="ChannelsFirstKernel"/>, <see cref="ChannelsLastKernel"/>) and called. The choice
-/// returns a function pointer rather than calling through each level, so the loops run two frames below
-/// this class. Formulas: <see cref="GroupNormMath"/>; work split: <see cref="WorkPlan"/>.
+/// and layout (the jobs of <see cref="ChannelsFirstKernel"/> and <see cref="ChannelsLastKernel"/>) and
+/// called: <see cref="SplitPhases"/> instantiated for that job. The choice returns a function pointer
+/// instead of calling through a level per decision, so none of them is on the stack while the loops run.
+/// Formulas: <see cref="GroupNormMath"/>; work split: <see cref="WorkPlan"/>.
 /// <para>
 /// Forward: one pass sums deviations from a shift (the mean of the first piece) into float64 (a second
 /// pass only when the shift proves far from μ); then y = act((x − μhi)·(r·γ) + (β − μlo·r·γ)). Backward:
