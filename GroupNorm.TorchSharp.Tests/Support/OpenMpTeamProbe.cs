@@ -5,12 +5,16 @@ namespace GroupNormalization.Tests.Support;
 
 /// <summary>
 /// Looks at libtorch's OpenMP team directly, for tests of the team itself: a region that runs a body once
-/// on every thread (no work sharing), and the runtime's limit on a team's size. The library needs neither,
+/// on every thread (no work sharing), a thread's number in its team, and the runtime's limit on a team's size. The library needs neither,
 /// so they live here, on the runtime <see cref="OpenMpTeam"/> found.
 /// </summary>
 internal static unsafe class OpenMpTeamProbe
 {
     private static readonly delegate* unmanaged<int> s_threadLimit = Lookup("omp_get_thread_limit");
+    private static readonly delegate* unmanaged<int> s_threadNum = Lookup("omp_get_thread_num");
+
+    /// <summary>This thread's number in its team (0 outside a region).</summary>
+    public static int ThreadNum => s_threadNum();
 
     /// <summary>The most threads the runtime gives a team (OMP_THREAD_LIMIT), or int.MaxValue when it does not say.</summary>
     public static int ThreadLimit => s_threadLimit != null ? s_threadLimit() : int.MaxValue;

@@ -232,7 +232,7 @@ public sealed unsafe class LayerThreadingTests
     private static void CallFromTeam(void* state)
     {
         var call = (RegionCall)GCHandle.FromIntPtr((IntPtr)state).Target!;
-        int thread = OpenMpTeam.ThreadNum;
+        int thread = OpenMpTeamProbe.ThreadNum;
         try
         {
             using var recording = KernelOverride.Force();

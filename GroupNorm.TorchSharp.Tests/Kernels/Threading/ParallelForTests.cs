@@ -204,7 +204,7 @@ public sealed unsafe class ParallelForTests
     private static void RecordThread(void* state)
     {
         var seen = (ConcurrentDictionary<int, int>)GCHandle.FromIntPtr((IntPtr)state).Target!;
-        seen[OpenMpTeam.ThreadNum] = Environment.CurrentManagedThreadId;
+        seen[OpenMpTeamProbe.ThreadNum] = Environment.CurrentManagedThreadId;
         // Hold every thread until both have arrived, so that neither can be the other.
         var deadline = DateTime.UtcNow.AddSeconds(5);
         while (seen.Count < 2 && DateTime.UtcNow < deadline) Thread.SpinWait(100);

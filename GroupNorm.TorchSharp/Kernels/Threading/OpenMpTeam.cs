@@ -65,9 +65,6 @@ internal static unsafe class OpenMpTeam
     /// <summary>Whether the calling thread is already inside a parallel region (then nested regions run serially).</summary>
     public static bool InParallel => s_inParallel() != 0;
 
-    /// <summary>This thread's number in its team (0 outside a region).</summary>
-    public static int ThreadNum => s_threadNum();
-
     /// <summary>
     /// libgomp's <c>GOMP_parallel(fn, data, num_threads, flags)</c>: runs <c>fn(data)</c> on every thread of a
     /// team of up to num_threads, the caller included, and returns when all have finished. Called directly
