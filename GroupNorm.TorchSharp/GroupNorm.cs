@@ -111,7 +111,20 @@ public sealed class GroupNorm : torch.nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor input)
     {
         var shape = GroupNormArguments.Validate(input, num_groups, _weight, _bias, _eps, num_channels);
-        return GroupNormFunction.Apply(input, _weight, _bias, shape, _eps, activation);
+        return GroupNormFunction.Apply(input, _weight, _bias, null, shape, _eps, activation);
+    }
+
+    /// <summary>
+    /// act(GroupNorm(<paramref name="input"/>) + <paramref name="residual"/>) in one pass: a ResNet block's
+    /// norm → += shortcut → ReLU without the two extra passes (and, in training, without the activation-sized
+    /// tensors they keep). <paramref name="residual"/> has the input's shape, dtype and device, any layout,
+    /// and receives a gradient when it requires one. Null is the same as <see cref="forward(Tensor)"/>.
+    /// </summary>
+    /// <exception cref="System.ArgumentException">The input or the residual is malformed; the message names it and its value.</exception>
+    public Tensor forward(Tensor input, Tensor? residual)
+    {
+        var shape = GroupNormArguments.Validate(input, num_groups, _weight, _bias, _eps, num_channels, residual: residual);
+        return GroupNormFunction.Apply(input, _weight, _bias, residual, shape, _eps, activation);
     }
 
     /// <summary>

@@ -43,7 +43,7 @@ internal static class GroupNormArguments
     /// built for, or null for the functional form.
     /// </summary>
     public static GroupNormShape Validate(Tensor input, long num_groups, Tensor? weight, Tensor? bias, double eps, long? num_channels = null,
-        Activation activation = Activation.None)
+        Activation activation = Activation.None, Tensor? residual = null)
     {
         ArgumentNullException.ThrowIfNull(input);
         RequireLive(input, nameof(input));
@@ -81,8 +81,27 @@ internal static class GroupNormArguments
         ValidateParameter(bias, nameof(bias), input, c);
         if (weight is not null && bias is not null && weight.dtype != bias.dtype)
             throw new ArgumentException($"Expected weight and bias to have the same dtype, but got weight of dtype {weight.dtype} and bias of dtype {bias.dtype}.", nameof(bias));
+        if (residual is not null) ValidateResidual(residual, input, rank);
 
         return new GroupNormShape(n, c, num_groups, s);
+    }
+
+    // The residual is added element by element, so it must be x's twin: no broadcasting, no type
+    // promotion (the sum is rounded once, to x's dtype), the same device. Its layout may differ.
+    private static void ValidateResidual(Tensor residual, Tensor input, int rank)
+    {
+        const string name = nameof(residual);
+        RequireLive(residual, name);
+        if (residual.is_sparse)
+            throw new ArgumentException("Expected residual to be a dense (strided) tensor, but got a sparse tensor.", name);
+        bool sameShape = residual.ndim == rank;
+        for (int i = 0; sameShape && i < rank; i++) sameShape = residual.size(i) == input.size(i);
+        if (!sameShape)
+            throw new ArgumentException($"Expected residual to have the input's shape {PythonText.Shape(input.shape)}, but got residual of shape {PythonText.Shape(residual.shape)}.", name);
+        if (residual.dtype != input.dtype)
+            throw new ArgumentException($"Expected residual to have the input's dtype ({input.dtype}), but got residual of dtype {residual.dtype}.", name);
+        if (residual.device_type != input.device_type || (input.device_type != DeviceType.CPU && residual.device_index != input.device_index))
+            throw new ArgumentException($"Expected residual to be on the same device as input ({input.device}), but got residual on {residual.device}.", name);
     }
 
     private static void ValidateParameter(Tensor? p, string name, Tensor input, long channels)

@@ -138,7 +138,7 @@ internal static class ParityCheck
             Assert.That(actual.Y.is_contiguous(), Is.True, $"{prefix}y of a contiguous input is not contiguous");
     }
 
-    /// <summary>The relative error of each output the reference has: y, dx, and dweight and dbias when present.</summary>
+    /// <summary>The relative error of each output the reference has: y, dx, and dweight, dbias and dresidual when present.</summary>
     public static List<(string Name, double Error)> Errors(GroupNormResult actual, GroupNormResult expected)
     {
         var errors = new List<(string Name, double Error)>
@@ -148,6 +148,7 @@ internal static class ParityCheck
         };
         if (expected.Dweight is not null) errors.Add(("dweight", TestTensors.RelativeError(actual.Dweight!, expected.Dweight)));
         if (expected.Dbias is not null) errors.Add(("dbias", TestTensors.RelativeError(actual.Dbias!, expected.Dbias)));
+        if (expected.Dresidual is not null) errors.Add(("dresidual", TestTensors.RelativeError(actual.Dresidual!, expected.Dresidual)));
         return errors;
     }
 

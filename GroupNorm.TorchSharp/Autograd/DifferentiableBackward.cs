@@ -18,16 +18,17 @@ internal static class DifferentiableBackward
     // The saved μ is used only as a constant shift: centring x on it first keeps the recorded mean and
     // variance exact in float32 when |μ| ≫ σ (x − μ_saved is exact near μ), and the shift cancels in every
     // derivative.
-    public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Compute(
+    public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias, Tensor? Dresidual) Compute(
         Tensor dy, Tensor x, Epilogue epilogue, Statistics saved, GroupNormShape s, double eps, GradientRequest need)
     {
         using var scope = torch.NewDisposeScope();
         var arithmetic = DTypeRules.Arithmetic(x.dtype);
         var shift = saved.MeanTensor(s, x.device).to(arithmetic).view(s.N, s.G, 1, 1);
-        var xs = x.reshape(s.N, s.G, s.D, s.S).to(arithmetic) - shift;
+        var xs = TensorFormulas.Grouped(x, s, arithmetic) - shift;
         var (mean, rstd) = TensorFormulas.Moments(xs, eps);
-        var (dx, dweight, dbias) = TensorFormulas.Backward(dy.reshape(s.N, s.G, s.D, s.S).to(arithmetic), xs - mean, rstd, epilogue, s, need);
+        var (dx, dweight, dbias, dresidual) = TensorFormulas.Backward(TensorFormulas.Grouped(dy, s, arithmetic), xs - mean, rstd, epilogue, s, need);
         dx = dx?.reshape(x.shape).to(x.dtype);
-        return (dx?.MoveToOuterDisposeScope(), dweight?.MoveToOuterDisposeScope(), dbias?.MoveToOuterDisposeScope());
+        dresidual = dresidual?.reshape(x.shape).to(x.dtype);
+        return (dx?.MoveToOuterDisposeScope(), dweight?.MoveToOuterDisposeScope(), dbias?.MoveToOuterDisposeScope(), dresidual?.MoveToOuterDisposeScope());
     }
 }

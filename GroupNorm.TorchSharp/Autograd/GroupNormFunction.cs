@@ -9,7 +9,8 @@ namespace GroupNormalization.Autograd;
 /// <summary>
 /// GroupNorm as a TorchSharp autograd Function with a hand-written backward.
 /// <para>
-/// Forward runs the selected kernel and saves x and γ; the per-(n, g) μ and r travel in the context as a
+/// Forward runs the selected kernel and saves x and γ (β and the residual too when an activation needs
+/// them to rebuild its input); the per-(n, g) μ and r travel in the context as a
 /// managed float64 array on the fused CPU path, and as two more saved tensors on the device-generic one
 /// (see <see cref="Statistics"/>). Backward computes only the gradients whose inputs require them, with the
 /// same kernel family; when autograd is recording the backward (create_graph) it switches to
@@ -58,6 +59,9 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
 
         /// <summary>Set by forward: the dtype of γ's and β's gradients (β itself is not saved without an activation).</summary>
         public ScalarType ParameterType { get; set; }
+
+        /// <summary>Set by forward: whether a residual was added (saved only with an activation).</summary>
+        public bool HasResidual { get; set; }
     }
 
     // TorchSharp wraps forward's outputs in new handles and saves tensors after forward returns, so the
@@ -72,17 +76,18 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
     public override string Name => "GroupNormBackward";
 
     /// <summary>Runs GroupNorm on validated arguments, recording a graph node only when a gradient can flow.</summary>
-    public static Tensor Apply(Tensor input, Tensor? weight, Tensor? bias, GroupNormShape shape, double eps, Activation activation)
+    public static Tensor Apply(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, GroupNormShape shape, double eps, Activation activation)
     {
         ReturnedGradients.ReleasePrevious();
         var kernel = KernelSelector.Select(input);
-        var need = new GradientRequest(input.requires_grad, weight?.requires_grad ?? false, bias?.requires_grad ?? false);
+        var need = new GradientRequest(input.requires_grad, weight?.requires_grad ?? false, bias?.requires_grad ?? false,
+            residual?.requires_grad ?? false);
 
         if (!need.Any || !torch.is_grad_enabled())
         {
             // Inference: no graph, so skip the node and its bookkeeping entirely.
             KernelOverride.Current?.Record(ForwardRoute.Inference);
-            return kernel.Forward(input, Epilogue.Of(input, weight, bias, activation), shape, eps, keepStatistics: false, out _);
+            return kernel.Forward(input, Epilogue.Of(input, weight, bias, residual, activation), shape, eps, keepStatistics: false, out _);
         }
 
         var release = t_releaseAfterApply ??= new List<Tensor>(4);
@@ -91,7 +96,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         KernelOverride.Current?.Record(ForwardRoute.Graph);
         try
         {
-            return apply(input, weight, bias, new Settings(shape, eps, activation, kernel, need));
+            return apply(input, weight, bias, residual, new Settings(shape, eps, activation, kernel, need));
         }
         finally
         {
@@ -107,15 +112,22 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         var x = (Tensor)vars[0];
         var weight = vars[1] as Tensor;
         var bias = vars[2] as Tensor;
-        var settings = (Settings)vars[3];
+        var residual = vars[3] as Tensor;
+        var settings = (Settings)vars[4];
+        settings.HasResidual = residual is not null;
 
-        var epilogue = Epilogue.Of(x, weight, bias, settings.Activation);
+        var epilogue = Epilogue.Of(x, weight, bias, residual, settings.Activation);
         settings.ParameterType = epilogue.ParameterType;
         var y = settings.Kernel.Forward(x, epilogue, settings.Shape, settings.Eps, keepStatistics: true, out var statistics);
         settings.HostStatistics = statistics.Host;
-        // x, γ; β only when an activation makes backward rebuild the pre-activation; the generic path's μ and r last.
-        var saved = new List<Tensor>(5) { x, weight! };
-        if (settings.Activation != Activation.None) saved.Add(bias!);
+        // x, γ; β and the residual only when an activation makes backward rebuild its input; the generic
+        // path's μ and r last.
+        var saved = new List<Tensor>(6) { x, weight! };
+        if (settings.Activation != Activation.None)
+        {
+            saved.Add(bias!);
+            if (residual is not null) saved.Add(residual);
+        }
         if (statistics.Host is null)
         {
             saved.Add(statistics.Mean!);
@@ -160,37 +172,43 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         if (gradOutput.IsInvalid)
         {
             // No gradient reached y (materialize_grads is off): contribute none to the inputs.
-            return new List<Tensor> { null!, null!, null!, null! };
+            return new List<Tensor> { null!, null!, null!, null!, null! };
         }
 
-        Tensor? dx, dweight, dbias;
+        Tensor? dx, dweight, dbias, dresidual;
         using (var scope = torch.NewDisposeScope())
         {
             var saved = ctx.get_saved_variables();
             Tensor x = saved[0];
             Tensor? weight = saved[1];
             int next = 2;
-            Tensor? bias = settings.Activation == Activation.None ? null : saved[next++];
+            bool activated = settings.Activation != Activation.None;
+            Tensor? bias = activated ? saved[next++] : null;
+            Tensor? residual = activated && settings.HasResidual ? saved[next++] : null;
             var statistics = settings.HostStatistics is { } host
                 ? new Statistics(host, null, null)
                 : new Statistics(null, saved[next], saved[next + 1]);
-            var epilogue = new Epilogue(weight, bias, settings.Activation, settings.ParameterType);
+            var epilogue = new Epilogue(weight, bias, residual, settings.Activation, settings.ParameterType);
+            // Without an activation y = z + r, so r's gradient is dy itself: a new handle on it, nothing computed.
+            var kernelNeed = need with { Residual = need.Residual && activated };
 
             bool recorded = torch.is_grad_enabled();
             KernelOverride.Current?.Record(recorded ? BackwardRoute.Recorded : BackwardRoute.Kernel);
-            (dx, dweight, dbias) = recorded
-                ? DifferentiableBackward.Compute(gradOutput, x, epilogue, statistics, settings.Shape, settings.Eps, need)
-                : settings.Kernel.Backward(gradOutput, x, statistics, epilogue, settings.Shape, need);
+            (dx, dweight, dbias, dresidual) = recorded
+                ? DifferentiableBackward.Compute(gradOutput, x, epilogue, statistics, settings.Shape, settings.Eps, kernelNeed)
+                : settings.Kernel.Backward(gradOutput, x, statistics, epilogue, settings.Shape, kernelNeed);
+            if (need.Residual && !activated) dresidual = gradOutput.alias();
 
             // Out of this scope, released at the next call (see ReturnedGradients); everything else made here goes now.
             ReturnedGradients.Hold(dx);
             ReturnedGradients.Hold(dweight);
             ReturnedGradients.Hold(dbias);
+            ReturnedGradients.Hold(dresidual);
         }
         gradOutput.Dispose();
 
-        // One entry per forward argument: x, weight, bias, settings. Absent gradients are null.
-        return new List<Tensor> { dx!, dweight!, dbias!, null! };
+        // One entry per forward argument: x, weight, bias, residual, settings. Absent gradients are null.
+        return new List<Tensor> { dx!, dweight!, dbias!, dresidual!, null! };
     }
 }
 

@@ -40,6 +40,7 @@ internal sealed class DeviceGenericKernel : IGroupNormKernel
         var scale = TensorFormulas.Scale(rstd, TensorFormulas.PerChannel(epilogue.Weight, s, arithmetic), s).reshape(view);
         var bias = epilogue.Bias?.to(arithmetic).view(BiasShape(view));
         var y = TensorFormulas.PreActivation(centred, scale, bias);
+        if (epilogue.Residual is { } residual) y = y.add_(residual);
         // In the arithmetic type, before a half input's output is rounded once.
         if (epilogue.Activation == Activation.SiLU) y = y.silu_();
         else if (epilogue.Activation == Activation.ReLU) y = y.relu_();
@@ -49,24 +50,25 @@ internal sealed class DeviceGenericKernel : IGroupNormKernel
         return y.MoveToOuterDisposeScope();
     }
 
-    public (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
+    public (Tensor? Dx, Tensor? Dweight, Tensor? Dbias, Tensor? Dresidual) Backward(
         Tensor dy, Tensor x, Statistics saved, Epilogue epilogue, GroupNormShape s, GradientRequest need)
     {
         using var scope = torch.NewDisposeScope();
         var arithmetic = DTypeRules.Arithmetic(x.dtype);
-        var xs = x.reshape(s.N, s.G, s.D, s.S);
-        var dys = dy.reshape(s.N, s.G, s.D, s.S);
-        if (xs.dtype != arithmetic) xs = xs.to(arithmetic);
-        if (dys.dtype != arithmetic) dys = dys.to(arithmetic);
-        var centred = xs - saved.Mean!.to(arithmetic);
-        var (dx, dweight, dbias) = TensorFormulas.Backward(dys, centred, saved.Rstd!.to(arithmetic), epilogue, s, need);
-        if (dx is not null)
-        {
-            dx = dx.reshape(x.shape);
-            if (dx.dtype != x.dtype) dx = dx.to(x.dtype);
-            dx = MatchLayout(dx, x);
-        }
-        return (dx?.MoveToOuterDisposeScope(), dweight?.MoveToOuterDisposeScope(), dbias?.MoveToOuterDisposeScope());
+        var centred = TensorFormulas.Grouped(x, s, arithmetic) - saved.Mean!.to(arithmetic);
+        var (dx, dweight, dbias, dresidual) = TensorFormulas.Backward(
+            TensorFormulas.Grouped(dy, s, arithmetic), centred, saved.Rstd!.to(arithmetic), epilogue, s, need);
+        return (AsInput(dx, x)?.MoveToOuterDisposeScope(), dweight?.MoveToOuterDisposeScope(), dbias?.MoveToOuterDisposeScope(),
+            AsInput(dresidual, x)?.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>A grouped gradient in x's shape, dtype and layout.</summary>
+    private static Tensor? AsInput(Tensor? grouped, Tensor x)
+    {
+        if (grouped is null) return null;
+        var grad = grouped.reshape(x.shape);
+        if (grad.dtype != x.dtype) grad = grad.to(x.dtype);
+        return MatchLayout(grad, x);
     }
 
     /// <summary>(N, C, 1, …, 1): per-(n, c) coefficients broadcast over the spatial dimensions.</summary>

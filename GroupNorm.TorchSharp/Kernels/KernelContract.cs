@@ -50,32 +50,38 @@ internal interface IGroupNormKernel
     /// </summary>
     Tensor Forward(Tensor x, Epilogue epilogue, GroupNormShape shape, double eps, bool keepStatistics, out Statistics saved);
 
-    /// <summary>The gradients <paramref name="need"/> asks for (the others are null), from forward's statistics.</summary>
-    (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
+    /// <summary>
+    /// The gradients <paramref name="need"/> asks for (the others are null), from forward's statistics. The
+    /// residual's gradient is dz = dy·act′(z + r), asked for only with an activation (without one it is dy,
+    /// which the autograd function passes on itself).
+    /// </summary>
+    (Tensor? Dx, Tensor? Dweight, Tensor? Dbias, Tensor? Dresidual) Backward(
         Tensor dy, Tensor x, Statistics saved, Epilogue epilogue, GroupNormShape shape, GradientRequest need);
 }
 
 /// <summary>
 /// What follows the normalization x̂ = (x − μ)·r in the same kernel: the per-channel affine γ, β (absent
-/// means γ = 1, β = 0) and the activation, out = act(x̂·γ + β). Backward needs β only to rebuild the
-/// pre-activation, so callers without an activation may leave it out; <see cref="ParameterType"/> is
-/// therefore recorded by forward rather than read from β in backward.
+/// means γ = 1, β = 0), a residual tensor of x's shape and dtype added after it (absent: none), and the
+/// activation, out = act(x̂·γ + β + residual). Backward needs β and the residual only to rebuild the
+/// activation's input, so callers without an activation may leave them out; <see cref="ParameterType"/>
+/// is therefore recorded by forward rather than read from β in backward.
 /// </summary>
 /// <param name="Weight">γ, or null for 1.</param>
 /// <param name="Bias">β, or null for 0 (or when backward has no activation and does not need it).</param>
-/// <param name="Activation">The activation applied to x̂·γ + β.</param>
+/// <param name="Residual">Added to x̂·γ + β before the activation (a ResNet block's shortcut), or null.</param>
+/// <param name="Activation">The activation applied to x̂·γ + β + residual.</param>
 /// <param name="ParameterType">The dtype the gradients of γ and β come back in (<see cref="DTypeRules.Parameter"/>).</param>
-internal readonly record struct Epilogue(Tensor? Weight, Tensor? Bias, Activation Activation, ScalarType ParameterType)
+internal readonly record struct Epilogue(Tensor? Weight, Tensor? Bias, Tensor? Residual, Activation Activation, ScalarType ParameterType)
 {
     /// <summary>The epilogue of a forward call, with its parameters' dtype.</summary>
-    public static Epilogue Of(Tensor input, Tensor? weight, Tensor? bias, Activation activation) =>
-        new(weight, bias, activation, DTypeRules.Parameter(input, weight, bias));
+    public static Epilogue Of(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, Activation activation) =>
+        new(weight, bias, residual, activation, DTypeRules.Parameter(input, weight, bias));
 }
 
 /// <summary>Which gradients a backward call must produce; the others are never computed.</summary>
-internal readonly record struct GradientRequest(bool Input, bool Weight, bool Bias)
+internal readonly record struct GradientRequest(bool Input, bool Weight, bool Bias, bool Residual = false)
 {
-    public bool Any => Input || Weight || Bias;
+    public bool Any => Input || Weight || Bias || Residual;
 }
 
 /// <summary>

@@ -61,17 +61,22 @@ internal static class TensorFormulas
 
     /// <summary>
     /// The gradients <paramref name="need"/> asks for, from dy and x − μ grouped as (N, G, D, S) and r as
-    /// (N, G, 1, 1): dz = dy·act′(z) with z rebuilt, the centred sums A = Σ dz and B = Σ dz·(x − μ) (not
-    /// Σ dz·x − μ·Σ dz), then dx = a·dz + b·(x − μ) + k, dγ = Σ_n r·B and dβ = Σ_n A. dx comes back grouped.
+    /// (N, G, 1, 1): dz = dy·act′(z + residual) with z rebuilt, the centred sums A = Σ dz and B = Σ dz·(x − μ)
+    /// (not Σ dz·x − μ·Σ dz), then dx = a·dz + b·(x − μ) + k, dγ = Σ_n r·B and dβ = Σ_n A. dx comes back
+    /// grouped; the residual's gradient is dz itself, grouped too, asked for only with an activation.
     /// </summary>
-    public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
+    public static (Tensor? Dx, Tensor? Dweight, Tensor? Dbias, Tensor? Dresidual) Backward(
         Tensor dy, Tensor centred, Tensor rstd, Epilogue epilogue, GroupNormShape s, GradientRequest need)
     {
         var arithmetic = centred.dtype;
         var gamma = PerChannel(epilogue.Weight, s, arithmetic);
         var a = Scale(rstd, gamma, s);
         if (epilogue.Activation != Activation.None)
-            dy = ActivationGradient(dy, PreActivation(centred, a, PerChannel(epilogue.Bias, s, arithmetic)), epilogue.Activation);
+        {
+            var z = PreActivation(centred, a, PerChannel(epilogue.Bias, s, arithmetic));
+            if (epilogue.Residual is { } residual) z = z + Grouped(residual, s, arithmetic);
+            dy = ActivationGradient(dy, z, epilogue.Activation);
+        }
         var sumA = dy.sum(dim: 3, keepdim: true);
         var sumB = (dy * centred).sum(dim: 3, keepdim: true);
 
@@ -91,6 +96,13 @@ internal static class TensorFormulas
         }
         if (need.Weight) dweight = (sumB * rstd).sum(dim: 0).reshape(s.C).to(epilogue.ParameterType);
         if (need.Bias) dbias = sumA.sum(dim: 0).reshape(s.C).to(epilogue.ParameterType);
-        return (dx, dweight, dbias);
+        return (dx, dweight, dbias, need.Residual ? dy : null);
+    }
+
+    /// <summary>A tensor of x's shape as (N, G, D, S) in the arithmetic type.</summary>
+    public static Tensor Grouped(Tensor t, GroupNormShape s, ScalarType arithmetic)
+    {
+        var grouped = t.reshape(s.N, s.G, s.D, s.S);
+        return grouped.dtype == arithmetic ? grouped : grouped.to(arithmetic);
     }
 }

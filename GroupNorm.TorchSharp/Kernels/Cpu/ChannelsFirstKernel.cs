@@ -8,7 +8,8 @@ namespace GroupNormalization.Kernels.Cpu;
 /// GroupNorm over row-major (N, C, *) memory, where group (n, g) is one contiguous row of D·S elements
 /// (D channel planes of S elements). Forward: <see cref="RowwiseMoments"/>, then <c>ApplyScaleBias</c>.
 /// Backward: <c>ChannelGradientSums</c>, then <c>InputGradient</c>. Type parameters: TE reads
-/// and writes the stored type TS, arithmetic runs in T, TA is the fused activation.
+/// and writes the stored type TS, arithmetic runs in T, TA is the fused activation, TR whether a residual
+/// joins its input.
 /// </summary>
 internal static unsafe class ChannelsFirstKernel
 {
@@ -46,22 +47,22 @@ internal static unsafe class ChannelsFirstKernel
         static double Shift(T hi, T lo) => double.CreateTruncating(hi) + double.CreateTruncating(lo);
     }
 
-    internal struct ForwardJob<TE, TS, T, TA> : IForwardJob<ForwardJob<TE, TS, T, TA>>
+    internal struct ForwardJob<TE, TS, T, TA, TR> : IForwardJob<ForwardJob<TE, TS, T, TA, TR>>
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
+        where TA : struct, IActivation where TR : struct, IResidual
     {
         public ForwardOperands<TS, T> O;
         public GroupNormShape S;
         public double Eps;
         public WorkPlan Plan { get; init; }
 
-        public static ForwardJob<TE, TS, T, TA> For(ForwardCall* call) =>
+        public static ForwardJob<TE, TS, T, TA, TR> For(ForwardCall* call) =>
             new() { O = new(call), S = call->Shape, Eps = call->Eps, Plan = call->Plan };
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public static void WholeRows(void* job, long start, long end)
         {
-            var j = (ForwardJob<TE, TS, T, TA>*)job;
+            var j = (ForwardJob<TE, TS, T, TA, TR>*)job;
             long len = j->Plan.RowLength;
             long batch = WorkPlan.RowBatch(len * sizeof(TS));
             for (long r0 = start; r0 < end; r0 += batch)
@@ -85,12 +86,12 @@ internal static unsafe class ChannelsFirstKernel
             O.Rstd[row] = GroupNormMath.Rstd(m.Variance, Eps);
         }
 
-        /// <summary>y = act((x − μ)·r·γ + β) over elements [start, end) of row r, channel plane by channel plane.</summary>
+        /// <summary>y = act((x − μ)·r·γ + β + residual) over elements [start, end) of row r, channel plane by channel plane.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public readonly void ApplyScaleBias(long r, long start, long end)
         {
             long g = r % S.G, plane = S.S;
-            TS* xr = O.X + r * Plan.RowLength, yr = O.Y + r * Plan.RowLength;
+            TS* xr = O.X + r * Plan.RowLength, yr = O.Y + r * Plan.RowLength, rr = O.Residual + r * Plan.RowLength;
             var group = new GroupConstants<T>(O.Mean[r], O.Rstd[r], O.Weight, O.Bias);
             long planes = (end - start) / plane;
             if (!TA.IsIdentity && Vector.IsHardwareAccelerated && plane % (2 * Vector<T>.Count) == 0 && plane <= SmallPlane
@@ -100,7 +101,7 @@ internal static unsafe class ChannelsFirstKernel
                 T* scale = stackalloc T[(int)planes];
                 T* shift = stackalloc T[(int)planes];
                 for (long k = 0; k < planes; k++) (scale[k], shift[k]) = group.Channel(g * S.D + start / plane + k);
-                ContiguousLoops.NormalizePlanes<TE, TS, T, TA>(xr + start, yr + start, planes, plane, group.Hi, scale, shift);
+                ContiguousLoops.NormalizePlanes<TE, TS, T, TA, TR>(xr + start, rr + start, yr + start, planes, plane, group.Hi, scale, shift);
                 return;
             }
             // One division per call: with 7x7 planes, a division per channel cost as much as the arithmetic.
@@ -108,27 +109,27 @@ internal static unsafe class ChannelsFirstKernel
             {
                 long stop = Math.Min(end, (local + 1) * plane);
                 var (scale, shift) = group.Channel(g * S.D + local);
-                ContiguousLoops.Normalize<TE, TS, T, TA>(xr + pos, yr + pos, stop - pos, group.Hi, scale, shift);
+                ContiguousLoops.Normalize<TE, TS, T, TA, TR>(xr + pos, rr + pos, yr + pos, stop - pos, group.Hi, scale, shift);
                 pos = stop;
             }
         }
     }
 
-    internal struct BackwardJob<TE, TS, T, TA> : IBackwardJob<BackwardJob<TE, TS, T, TA>>
+    internal struct BackwardJob<TE, TS, T, TA, TR> : IBackwardJob<BackwardJob<TE, TS, T, TA, TR>>
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
+        where TA : struct, IActivation where TR : struct, IResidual
     {
         public BackwardOperands<TS, T> O;
         public GroupNormShape S;
         public WorkPlan Plan { get; init; }
 
-        public static BackwardJob<TE, TS, T, TA> For(BackwardCall* call) =>
+        public static BackwardJob<TE, TS, T, TA, TR> For(BackwardCall* call) =>
             new() { O = new(call), S = call->Shape, Plan = call->Plan };
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public static void WholeRows(void* job, long start, long end)
         {
-            var j = (BackwardJob<TE, TS, T, TA>*)job;
+            var j = (BackwardJob<TE, TS, T, TA, TR>*)job;
             long len = j->Plan.RowLength, d = j->S.D;
             long batch = WorkPlan.RowBatch(2 * len * sizeof(TS));
             for (long r0 = start; r0 < end; r0 += batch)
@@ -150,16 +151,17 @@ internal static unsafe class ChannelsFirstKernel
         public readonly void ChannelGradientSums(long r, long start, long end, double* a, double* b)
         {
             long g = r % S.G, plane = S.S;
-            TS* xr = O.X + r * Plan.RowLength, gr = O.Dy + r * Plan.RowLength;
-            TS* zr = O.Dx != null && GradientStash.Used<TS, T, TA>() ? O.Dx + r * Plan.RowLength : null;
+            TS* xr = O.X + r * Plan.RowLength, gr = O.Dy + r * Plan.RowLength, rr = O.Residual + r * Plan.RowLength;
+            TS* stash = O.DzStash<TA>();
+            TS* zr = stash == null ? null : stash + r * Plan.RowLength;
             var group = new GroupConstants<T>(O.Mean[r], O.Rstd[r], O.Weight, O.Bias);
             for (long pos = start, local = start / plane; pos < end; local++)
             {
                 long stop = Math.Min(end, (local + 1) * plane);
                 // The pre-activation's coefficients, needed only to rebuild z for act′(z).
                 var (scale, shift) = TA.IsIdentity ? default : group.Channel(g * S.D + local);
-                var terms = new GradientTerms<TE, TS, T, TA>(xr + pos, gr + pos, zr == null ? null : zr + pos, group.Hi, group.Lo, scale, shift);
-                var (sa, sb) = Reductions.Span<T, GradientTerms<TE, TS, T, TA>>(terms, stop - pos);
+                var terms = new GradientTerms<TE, TS, T, TA, TR>(xr + pos, rr + pos, gr + pos, zr == null ? null : zr + pos, group.Hi, group.Lo, scale, shift);
+                var (sa, sb) = Reductions.Span<T, GradientTerms<TE, TS, T, TA, TR>>(terms, stop - pos);
                 a[local] += sa;
                 b[local] += sb;
                 pos = stop;
@@ -175,14 +177,15 @@ internal static unsafe class ChannelsFirstKernel
             var (b, k) = group.InputGradient(g * S.D, S.D, O.SumA + r * S.D, O.SumB + r * S.D, Plan.RowLength);
 
             TS* xr = O.X + r * Plan.RowLength, gr = O.Dy + r * Plan.RowLength, dr = O.Dx + r * Plan.RowLength;
+            TS* rr = O.Residual + r * Plan.RowLength, zr = O.DzStash<TA>() + r * Plan.RowLength;
             for (long pos = start, local = start / plane; pos < end; local++)
             {
                 long stop = Math.Min(end, (local + 1) * plane);
                 var (a, shift) = group.Channel(g * S.D + local);
                 if (GradientStash.Used<TS, T, TA>())
-                    ContiguousLoops.InputGradient<TE, TS, T, Identity>(xr + pos, dr + pos, dr + pos, stop - pos, group.Hi, a, b, k, shift);
+                    ContiguousLoops.InputGradient<TE, TS, T, Identity, NoResidual>(xr + pos, null, zr + pos, dr + pos, stop - pos, group.Hi, a, b, k, shift);
                 else
-                    ContiguousLoops.InputGradient<TE, TS, T, TA>(xr + pos, gr + pos, dr + pos, stop - pos, group.Hi, a, b, k, shift);
+                    ContiguousLoops.InputGradient<TE, TS, T, TA, TR>(xr + pos, rr + pos, gr + pos, dr + pos, stop - pos, group.Hi, a, b, k, shift);
                 pos = stop;
             }
         }

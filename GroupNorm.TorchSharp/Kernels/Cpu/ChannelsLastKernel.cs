@@ -109,23 +109,23 @@ internal static unsafe class ChannelsLastKernel
         }
     }
 
-    internal struct ForwardJob<TE, TS, T, TA> : IForwardJob<ForwardJob<TE, TS, T, TA>>
+    internal struct ForwardJob<TE, TS, T, TA, TR> : IForwardJob<ForwardJob<TE, TS, T, TA, TR>>
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
+        where TA : struct, IActivation where TR : struct, IResidual
     {
         public ForwardOperands<TS, T> O;
         public GroupNormShape S;
         public double Eps;
         public WorkPlan Plan { get; init; }
 
-        public static ForwardJob<TE, TS, T, TA> For(ForwardCall* call) =>
+        public static ForwardJob<TE, TS, T, TA, TR> For(ForwardCall* call) =>
             new() { O = new(call), S = call->Shape, Eps = call->Eps, Plan = call->Plan };
 
         /// <summary>Whole samples: each one's group moments, its μ and r, then its output.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public static void WholeRows(void* job, long start, long end)
         {
-            var j = (ForwardJob<TE, TS, T, TA>*)job;
+            var j = (ForwardJob<TE, TS, T, TA, TR>*)job;
             long g = j->S.G;
             using var scratch = new Scratch(g * sizeof(Moments));
             var groups = new Span<Moments>(scratch.Pointer, (int)g);
@@ -155,7 +155,7 @@ internal static unsafe class ChannelsLastKernel
 
         private readonly TS* Sample(TS* p, long n) => p + n * S.S * S.C;
 
-        /// <summary>y = act((x − μ)·r·γ + β) over positions [p0, p1) of sample n.</summary>
+        /// <summary>y = act((x − μ)·r·γ + β + residual) over positions [p0, p1) of sample n.</summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public readonly void ApplyScaleBias(long n, long p0, long p1)
         {
@@ -163,28 +163,28 @@ internal static unsafe class ChannelsLastKernel
             using var scratch = new Scratch(3 * c * sizeof(T));
             T* hi = (T*)scratch.Pointer, scale = hi + c, shift = scale + c;
             OutputCoefficients(S, n, O.Mean, O.Rstd, O.Weight, O.Bias, hi, null, scale, shift);
-            TS* xs = Sample(O.X, n), ys = Sample(O.Y, n);
-            long pieceRows = WorkPlan.PieceRows(c, 2, sizeof(TS));
+            TS* xs = Sample(O.X, n), ys = Sample(O.Y, n), rs = Sample(O.Residual, n);
+            long pieceRows = WorkPlan.PieceRows(c, TR.Present ? 3 : 2, sizeof(TS));
             for (long q = p0; q < p1; q += pieceRows)
-                ColumnLoops.Normalize<TE, TS, T, TA>(xs + q * c, ys + q * c, Math.Min(pieceRows, p1 - q), c, hi, scale, shift);
+                ColumnLoops.Normalize<TE, TS, T, TA, TR>(xs + q * c, rs + q * c, ys + q * c, Math.Min(pieceRows, p1 - q), c, hi, scale, shift);
         }
     }
 
-    internal struct BackwardJob<TE, TS, T, TA> : IBackwardJob<BackwardJob<TE, TS, T, TA>>
+    internal struct BackwardJob<TE, TS, T, TA, TR> : IBackwardJob<BackwardJob<TE, TS, T, TA, TR>>
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
+        where TA : struct, IActivation where TR : struct, IResidual
     {
         public BackwardOperands<TS, T> O;
         public GroupNormShape S;
         public WorkPlan Plan { get; init; }
 
-        public static BackwardJob<TE, TS, T, TA> For(BackwardCall* call) =>
+        public static BackwardJob<TE, TS, T, TA, TR> For(BackwardCall* call) =>
             new() { O = new(call), S = call->Shape, Plan = call->Plan };
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public static void WholeRows(void* job, long start, long end)
         {
-            var j = (BackwardJob<TE, TS, T, TA>*)job;
+            var j = (BackwardJob<TE, TS, T, TA, TR>*)job;
             long c = j->S.C;
             for (long n = start; n < end; n++)
             {
@@ -210,13 +210,14 @@ internal static unsafe class ChannelsLastKernel
             // The pre-activation's scale and shift only rebuild z for act′(z): plain GroupNorm needs μ alone.
             if (TA.IsIdentity) scale = shift = null;
             OutputCoefficients(S, n, O.Mean, O.Rstd, O.Weight, O.Bias, hi, lo, scale, shift);
-            TS* xs = Sample(O.X, n), gs = Sample(O.Dy, n);
-            TS* zs = O.Dx != null && GradientStash.Used<TS, T, TA>() ? Sample(O.Dx, n) : null;
-            long pieceRows = WorkPlan.PieceRows(c, 2, sizeof(TS));
+            TS* xs = Sample(O.X, n), gs = Sample(O.Dy, n), rs = Sample(O.Residual, n);
+            TS* stash = O.DzStash<TA>();
+            TS* zs = stash == null ? null : Sample(stash, n);
+            long pieceRows = WorkPlan.PieceRows(c, TR.Present ? 3 : 2, sizeof(TS));
             for (long q = p0; q < p1; q += pieceRows)
             {
-                var terms = new GradientTerms<TE, TS, T, TA>(xs + q * c, gs + q * c, zs == null ? null : zs + q * c, hi, lo, scale, shift);
-                Reductions.Columns<T, GradientTerms<TE, TS, T, TA>>(terms, Math.Min(pieceRows, p1 - q), c, a, b);
+                var terms = new GradientTerms<TE, TS, T, TA, TR>(xs + q * c, rs + q * c, gs + q * c, zs == null ? null : zs + q * c, hi, lo, scale, shift);
+                Reductions.Columns<T, GradientTerms<TE, TS, T, TA, TR>>(terms, Math.Min(pieceRows, p1 - q), c, a, b);
             }
         }
 
@@ -240,15 +241,15 @@ internal static unsafe class ChannelsLastKernel
                     k[j] = kt;
                 }
             }
-            TS* xs = Sample(O.X, n), gs = Sample(O.Dy, n), ds = Sample(O.Dx, n);
-            long pieceRows = WorkPlan.PieceRows(c, 3, sizeof(TS));
+            TS* xs = Sample(O.X, n), gs = Sample(O.Dy, n), ds = Sample(O.Dx, n), rs = Sample(O.Residual, n), zs = Sample(O.DzStash<TA>(), n);
+            long pieceRows = WorkPlan.PieceRows(c, TR.Present ? 4 : 3, sizeof(TS));
             for (long q = p0; q < p1; q += pieceRows)
             {
                 long rows = Math.Min(pieceRows, p1 - q);
                 if (GradientStash.Used<TS, T, TA>())
-                    ColumnLoops.InputGradient<TE, TS, T, Identity>(xs + q * c, ds + q * c, ds + q * c, rows, c, hi, a, b, k, shift);
+                    ColumnLoops.InputGradient<TE, TS, T, Identity, NoResidual>(xs + q * c, null, zs + q * c, ds + q * c, rows, c, hi, a, b, k, shift);
                 else
-                    ColumnLoops.InputGradient<TE, TS, T, TA>(xs + q * c, gs + q * c, ds + q * c, rows, c, hi, a, b, k, shift);
+                    ColumnLoops.InputGradient<TE, TS, T, TA, TR>(xs + q * c, rs + q * c, gs + q * c, ds + q * c, rows, c, hi, a, b, k, shift);
             }
         }
     }

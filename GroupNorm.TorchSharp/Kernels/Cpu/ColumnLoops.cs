@@ -45,57 +45,57 @@ internal static unsafe class ColumnLoops
         }
     }
 
-    /// <summary>y = act((x − μhi[j])·scale[j] + shift[j]) for every row and channel j (μlo folded into shift).</summary>
+    /// <summary>y = act((x − μhi[j])·scale[j] + shift[j] + r) for every row and channel j (μlo folded into shift).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Normalize<TE, TS, T, TA>(TS* x, TS* y, long rows, long c, T* muHi, T* scale, T* shift)
+    public static void Normalize<TE, TS, T, TA, TR>(TS* x, TS* residual, TS* y, long rows, long c, T* muHi, T* scale, T* shift)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
+        where TA : struct, IActivation where TR : struct, IResidual
     {
         int w = Vector.IsHardwareAccelerated ? Vector<T>.Count : int.MaxValue;
         for (long r = 0; r < rows; r++)
         {
-            TS* xr = x + r * c, yr = y + r * c;
+            TS* xr = x + r * c, yr = y + r * c, rr = residual + r * c;
             long j = 0;
             if (!TA.IsIdentity && Vector.IsHardwareAccelerated)
             {
                 // Channels in pairs of vectors, for activations that evaluate a pair as one wider vector.
                 for (; j <= c - 2L * w; j += 2 * w)
                 {
-                    var z0 = (TE.Load(xr + j) - Load(muHi + j)) * Load(scale + j) + Load(shift + j);
-                    var z1 = (TE.Load(xr + j + w) - Load(muHi + j + w)) * Load(scale + j + w) + Load(shift + j + w);
+                    var z0 = ContiguousLoops.PreActivationOf<TE, TS, T, TR>(xr, rr, j, Load(muHi + j), Load(scale + j), Load(shift + j));
+                    var z1 = ContiguousLoops.PreActivationOf<TE, TS, T, TR>(xr, rr, j + w, Load(muHi + j + w), Load(scale + j + w), Load(shift + j + w));
                     TA.Apply(ref z0, ref z1);
                     TE.Store(yr + j, z0);
                     TE.Store(yr + j + w, z1);
                 }
             }
             for (; j <= c - w; j += w)
-                TE.Store(yr + j, TA.Apply((TE.Load(xr + j) - Load(muHi + j)) * Load(scale + j) + Load(shift + j)));
+                TE.Store(yr + j, TA.Apply(ContiguousLoops.PreActivationOf<TE, TS, T, TR>(xr, rr, j, Load(muHi + j), Load(scale + j), Load(shift + j))));
             for (; j < c; j++)
-                yr[j] = TE.Narrow(TA.Apply((TE.Widen(xr[j]) - muHi[j]) * scale[j] + shift[j]));
+                yr[j] = TE.Narrow(TA.Apply(ResidualTerm.Add<TE, TS, T, TR>((TE.Widen(xr[j]) - muHi[j]) * scale[j] + shift[j], rr, j)));
         }
     }
 
-    /// <summary>dx = a[j]·dz + b[j]·(x − μhi[j]) + k[j] for every row and channel j (μlo folded into k; dz as in <see cref="GradientTerms{TE, TS, T, TA}"/>, with scale = a).</summary>
+    /// <summary>dx = a[j]·dz + b[j]·(x − μhi[j]) + k[j] for every row and channel j (μlo folded into k; dz as in <see cref="GradientTerms{TE, TS, T, TA, TR}"/>, with scale = a).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void InputGradient<TE, TS, T, TA>(TS* x, TS* dy, TS* dx, long rows, long c, T* muHi, T* a, T* b, T* k, T* shift)
+    public static void InputGradient<TE, TS, T, TA, TR>(TS* x, TS* residual, TS* dy, TS* dx, long rows, long c, T* muHi, T* a, T* b, T* k, T* shift)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
+        where TA : struct, IActivation where TR : struct, IResidual
     {
         int w = Vector.IsHardwareAccelerated ? Vector<T>.Count : int.MaxValue;
         for (long r = 0; r < rows; r++)
         {
-            TS* xr = x + r * c, gr = dy + r * c, dr = dx + r * c;
+            TS* xr = x + r * c, gr = dy + r * c, dr = dx + r * c, rr = residual + r * c;
             long j = 0;
             for (; j <= c - w; j += w)
             {
-                var vs = TA.IsIdentity ? default : Load(shift + j);
+                var vs = TA.IsIdentity ? default : ContiguousLoops.Shift<TE, TS, T, TA, TR>(Load(shift + j), rr, j);
                 TE.Store(dr + j, ContiguousLoops.InputGradientOf<T, TA>(TE.Load(xr + j), TE.Load(gr + j), Load(muHi + j), Load(a + j), Load(b + j), Load(k + j), vs));
             }
             for (; j < c; j++)
             {
                 T cr = TE.Widen(xr[j]) - muHi[j];
                 T g = TE.Widen(gr[j]);
-                if (!TA.IsIdentity) g = TA.Gradient(g, cr * a[j] + shift[j]);
+                if (!TA.IsIdentity) g = TA.Gradient(g, ResidualTerm.Add<TE, TS, T, TR>(cr * a[j] + shift[j], rr, j));
                 dr[j] = TE.Narrow(a[j] * g + (b[j] * cr + k[j]));
             }
         }

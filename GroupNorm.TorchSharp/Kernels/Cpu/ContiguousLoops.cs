@@ -8,7 +8,7 @@ namespace GroupNormalization.Kernels.Cpu;
 /// The innermost element-wise loops over one contiguous span (a channel plane, or part of one, of a
 /// channels-first tensor), with that channel's coefficients as scalars; the two-term reductions are in
 /// <see cref="Reductions"/>. TE reads and writes the stored type TS, and the arithmetic runs in T; TA is
-/// the fused activation. Coefficients are prepared in float64 by <see cref="GroupNormMath"/>.
+/// the fused activation and TR says whether a residual r (same layout as x) joins its input. Coefficients are prepared in float64 by <see cref="GroupNormMath"/>.
 /// <para>
 /// 4K aliasing: an output allocated right after its input often sits a cache line or two past it modulo
 /// 4 KiB (equal-sized blocks from one heap, each with the same header and alignment). A load whose address
@@ -48,11 +48,11 @@ internal static unsafe class ContiguousLoops
         return ToDouble(s);
     }
 
-    /// <summary>y = act((x − μhi)·scale + shift), where the caller folded −μlo·scale into shift.</summary>
+    /// <summary>y = act((x − μhi)·scale + shift + r), where the caller folded −μlo·scale into shift.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Normalize<TE, TS, T, TA>(TS* x, TS* y, long n, T muHi, T scale, T shift)
+    public static void Normalize<TE, TS, T, TA, TR>(TS* x, TS* r, TS* y, long n, T muHi, T scale, T shift)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
+        where TA : struct, IActivation where TR : struct, IResidual
     {
         long i = 0;
         if (Vector.IsHardwareAccelerated)
@@ -64,28 +64,28 @@ internal static unsafe class ContiguousLoops
             if (n >= 2 * w)
             {
                 // Loads run one step ahead of the stores (see the class remarks on 4K aliasing).
-                var v0 = TE.Load(x);
-                var v1 = TE.Load(x + w);
+                var v0 = PreActivationOf<TE, TS, T, TR>(x, r, 0, vh, vs, vb);
+                var v1 = PreActivationOf<TE, TS, T, TR>(x, r, w, vh, vs, vb);
                 for (; i <= n - 4 * w; i += 2 * w)
                 {
-                    var n0 = TE.Load(x + i + 2 * w);
-                    var n1 = TE.Load(x + i + 3 * w);
-                    StorePair(y + i, (v0 - vh) * vs + vb, (v1 - vh) * vs + vb);
+                    var n0 = PreActivationOf<TE, TS, T, TR>(x, r, i + 2 * w, vh, vs, vb);
+                    var n1 = PreActivationOf<TE, TS, T, TR>(x, r, i + 3 * w, vh, vs, vb);
+                    StorePair(y + i, v0, v1);
                     v0 = n0;
                     v1 = n1;
                 }
-                StorePair(y + i, (v0 - vh) * vs + vb, (v1 - vh) * vs + vb);
+                StorePair(y + i, v0, v1);
                 i += 2 * w;
             }
             for (; i <= n - w; i += w)
-                TE.Store(y + i, TA.Apply((TE.Load(x + i) - vh) * vs + vb));
+                TE.Store(y + i, TA.Apply(PreActivationOf<TE, TS, T, TR>(x, r, i, vh, vs, vb)));
             if (VectorTail<TS, T, TA>() && i < n && n >= w)
             {
-                TE.Store(y + n - w, TA.Apply((TE.Load(x + n - w) - vh) * vs + vb));
+                TE.Store(y + n - w, TA.Apply(PreActivationOf<TE, TS, T, TR>(x, r, n - w, vh, vs, vb)));
                 i = n;
             }
         }
-        for (; i < n; i++) y[i] = TE.Narrow(TA.Apply((TE.Widen(x[i]) - muHi) * scale + shift));
+        for (; i < n; i++) y[i] = TE.Narrow(TA.Apply(ResidualTerm.Add<TE, TS, T, TR>((TE.Widen(x[i]) - muHi) * scale + shift, r, i)));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         static void StorePair(TS* p, Vector<T> z0, Vector<T> z1)
@@ -103,9 +103,9 @@ internal static unsafe class ContiguousLoops
     /// per-element cost of large planes.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void NormalizePlanes<TE, TS, T, TA>(TS* x, TS* y, long planes, long planeLength, T muHi, T* scale, T* shift)
+    public static void NormalizePlanes<TE, TS, T, TA, TR>(TS* x, TS* r, TS* y, long planes, long planeLength, T muHi, T* scale, T* shift)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
+        where TA : struct, IActivation where TR : struct, IResidual
     {
         int w = Vector<T>.Count;
         var vh = new Vector<T>(muHi);
@@ -113,11 +113,11 @@ internal static unsafe class ContiguousLoops
         {
             var vs = new Vector<T>(scale[p]);
             var vb = new Vector<T>(shift[p]);
-            TS* xp = x + p * planeLength, yp = y + p * planeLength;
+            TS* xp = x + p * planeLength, yp = y + p * planeLength, rp = r + p * planeLength;
             for (long i = 0; i < planeLength; i += 2 * w)
             {
-                var z0 = (TE.Load(xp + i) - vh) * vs + vb;
-                var z1 = (TE.Load(xp + i + w) - vh) * vs + vb;
+                var z0 = PreActivationOf<TE, TS, T, TR>(xp, rp, i, vh, vs, vb);
+                var z1 = PreActivationOf<TE, TS, T, TR>(xp, rp, i + w, vh, vs, vb);
                 TA.Apply(ref z0, ref z1);
                 TE.StorePair(yp + i, z0, z1);
             }
@@ -125,13 +125,13 @@ internal static unsafe class ContiguousLoops
     }
 
     /// <summary>
-    /// dx = a·dz + b·(x − μhi) + k, where the caller folded −b·μlo into k, and dz = dy·act′(z) with z rebuilt
-    /// from a = scale and shift as forward formed it.
+    /// dx = a·dz + b·(x − μhi) + k, where the caller folded −b·μlo into k, and dz = dy·act′(z + r) with z
+    /// rebuilt from a = scale and shift as forward formed it.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void InputGradient<TE, TS, T, TA>(TS* x, TS* dy, TS* dx, long n, T muHi, T a, T b, T k, T shift)
+    public static void InputGradient<TE, TS, T, TA, TR>(TS* x, TS* r, TS* dy, TS* dx, long n, T muHi, T a, T b, T k, T shift)
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-        where TA : struct, IActivation
+        where TA : struct, IActivation where TR : struct, IResidual
     {
         long i = 0;
         if (Vector.IsHardwareAccelerated)
@@ -155,17 +155,17 @@ internal static unsafe class ContiguousLoops
                     var nx1 = TE.Load(x + i + 3 * w);
                     var ng0 = TE.Load(dy + i + 2 * w);
                     var ng1 = TE.Load(dy + i + 3 * w);
-                    TE.StorePair(dx + i, InputGradientOf<T, TA>(x0, g0, vh, va, vb, vk, vs), InputGradientOf<T, TA>(x1, g1, vh, va, vb, vk, vs));
+                    TE.StorePair(dx + i, InputGradientOf<T, TA>(x0, g0, vh, va, vb, vk, Shift<TE, TS, T, TA, TR>(vs, r, i)), InputGradientOf<T, TA>(x1, g1, vh, va, vb, vk, Shift<TE, TS, T, TA, TR>(vs, r, i + w)));
                     (x0, x1, g0, g1) = (nx0, nx1, ng0, ng1);
                 }
-                TE.StorePair(dx + i, InputGradientOf<T, TA>(x0, g0, vh, va, vb, vk, vs), InputGradientOf<T, TA>(x1, g1, vh, va, vb, vk, vs));
+                TE.StorePair(dx + i, InputGradientOf<T, TA>(x0, g0, vh, va, vb, vk, Shift<TE, TS, T, TA, TR>(vs, r, i)), InputGradientOf<T, TA>(x1, g1, vh, va, vb, vk, Shift<TE, TS, T, TA, TR>(vs, r, i + w)));
                 i += 2 * w;
             }
             for (; i <= n - w; i += w)
-                TE.Store(dx + i, InputGradientOf<T, TA>(TE.Load(x + i), TE.Load(dy + i), vh, va, vb, vk, vs));
+                TE.Store(dx + i, InputGradientOf<T, TA>(TE.Load(x + i), TE.Load(dy + i), vh, va, vb, vk, Shift<TE, TS, T, TA, TR>(vs, r, i)));
             if (VectorTail<TS, T, TA>() && i < n && n >= w && dx != dy)
             {
-                TE.Store(dx + n - w, InputGradientOf<T, TA>(TE.Load(x + n - w), TE.Load(dy + n - w), vh, va, vb, vk, vs));
+                TE.Store(dx + n - w, InputGradientOf<T, TA>(TE.Load(x + n - w), TE.Load(dy + n - w), vh, va, vb, vk, Shift<TE, TS, T, TA, TR>(vs, r, n - w)));
                 i = n;
             }
         }
@@ -173,7 +173,7 @@ internal static unsafe class ContiguousLoops
         {
             T c = TE.Widen(x[i]) - muHi;
             T g = TE.Widen(dy[i]);
-            if (!TA.IsIdentity) g = TA.Gradient(g, c * a + shift);
+            if (!TA.IsIdentity) g = TA.Gradient(g, ResidualTerm.Add<TE, TS, T, TR>(c * a + shift, r, i));
             dx[i] = TE.Narrow(a * g + (b * c + k));
         }
     }
@@ -187,6 +187,23 @@ internal static unsafe class ContiguousLoops
     /// dx (dy = dx), whose last vector has already been overwritten.
     /// </summary>
     private static bool VectorTail<TS, T, TA>() where TA : struct, IActivation => !TA.IsIdentity;
+
+    /// <summary>One vector of z = (x[at] − μhi)·scale + shift + r[at]; shared with the channels-last loop.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector<T> PreActivationOf<TE, TS, T, TR>(TS* x, TS* r, long at, Vector<T> muHi, Vector<T> scale, Vector<T> shift)
+        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
+        where TR : struct, IResidual =>
+        ResidualTerm.Add<TE, TS, T, TR>((TE.Load(x + at) - muHi) * scale + shift, r, at);
+
+    /// <summary>
+    /// The pre-activation's shift for one vector of <see cref="InputGradientOf"/>: the residual joins it
+    /// element by element. Only an activation reads it.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector<T> Shift<TE, TS, T, TA, TR>(Vector<T> shift, TS* r, long at)
+        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
+        where TA : struct, IActivation where TR : struct, IResidual =>
+        TA.IsIdentity ? shift : ResidualTerm.Add<TE, TS, T, TR>(shift, r, at);
 
     /// <summary>One vector of dx = a·dz + b·(x − μhi) + k; shared with the channels-last loop.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

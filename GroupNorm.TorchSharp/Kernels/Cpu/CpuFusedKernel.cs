@@ -9,16 +9,17 @@ namespace GroupNormalization.Kernels.Cpu;
 
 /// <summary>
 /// The boundary of the fused, multi-threaded CPU kernels: tensors become checked pointers here, then one
-/// entry is chosen on element type (<see cref="IElement{TS, T}"/>), activation (<see cref="IActivation"/>)
-/// and layout (the jobs of <see cref="ChannelsFirstKernel"/> and <see cref="ChannelsLastKernel"/>) and
+/// entry is chosen on element type (<see cref="IElement{TS, T}"/>), activation (<see cref="IActivation"/>),
+/// residual (<see cref="IResidual"/>) and layout (the jobs of <see cref="ChannelsFirstKernel"/> and <see cref="ChannelsLastKernel"/>) and
 /// called: <see cref="SplitPhases"/> instantiated for that job. The choice returns a function pointer
 /// instead of calling through a level per decision, so none of them is on the stack while the loops run.
 /// Formulas: <see cref="GroupNormMath"/>; work split: <see cref="WorkPlan"/>.
 /// <para>
 /// Forward: one pass sums deviations from a shift (the mean of the first piece) into float64 (a second
-/// pass only when the shift proves far from μ); then y = act((x − μhi)·(r·γ) + (β − μlo·r·γ)). Backward:
-/// per-(n, c) centred sums A, B in float64, then dx = a·dz + b·(x − μ) + k, with dz rebuilt from x. Only y
-/// or dx is allocated at input size. float16 and bfloat16 are read and written as stored and computed in
+/// pass only when the shift proves far from μ); then y = act((x − μhi)·(r·γ) + (β − μlo·r·γ) + residual).
+/// Backward: per-(n, c) centred sums A, B in float64, then dx = a·dz + b·(x − μ) + k, with dz rebuilt from
+/// x (and the residual); the residual's gradient dz is written by the sums pass. Only y, or dx and dr,
+/// are allocated at input size. float16 and bfloat16 are read and written as stored and computed in
 /// float32, with float32 (mixed precision) or same-type parameters.
 /// </para>
 /// </summary>
@@ -52,6 +53,8 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
         var layout = TensorMemory.DenseLayout(x);
         using var denseCopy = layout is null ? x.contiguous() : null;
         var src = denseCopy ?? x;
+        using var residualCopy = epilogue.Residual is { } residual ? TensorMemory.CopyUnlessIn(residual, layout ?? ChannelLayout.ChannelsFirst) : null;
+        var res = residualCopy ?? epilogue.Residual;
         var arithmetic = DTypeRules.Arithmetic(x.dtype);
         var w = ParameterIn(epilogue.Weight, arithmetic);
         var b = ParameterIn(epilogue.Bias, arithmetic);
@@ -65,6 +68,7 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
                 {
                     X = TensorMemory.Pointer<byte>(src),
                     Y = TensorMemory.Pointer<byte>(y),
+                    Residual = PointerOrNull(res),
                     Weight = PointerOrNull(w),
                     Bias = PointerOrNull(b),
                     Mean = Statistics.MeanIn(statistics),
@@ -82,10 +86,11 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
                 }
                 else
                 {
-                    ((delegate*<ForwardCall*, void>)Entry<ForwardPass>(x.dtype, epilogue.Activation, call.Plan.Layout))(&call);
+                    ((delegate*<ForwardCall*, void>)Entry<ForwardPass>(x.dtype, epilogue.Activation, res is not null, call.Plan.Layout))(&call);
                 }
             }
             GC.KeepAlive(src);
+            GC.KeepAlive(res);
             GC.KeepAlive(w);
             GC.KeepAlive(b);
             return y;
@@ -97,7 +102,7 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
         }
     }
 
-    public (Tensor? Dx, Tensor? Dweight, Tensor? Dbias) Backward(
+    public (Tensor? Dx, Tensor? Dweight, Tensor? Dbias, Tensor? Dresidual) Backward(
         Tensor dy, Tensor x, Statistics saved, Epilogue epilogue, GroupNormShape shape, GradientRequest need)
     {
         var xLayout = TensorMemory.DenseLayout(x);
@@ -106,12 +111,17 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
         using var dyCopy = TensorMemory.CopyUnlessIn(dy, layout);
         var xd = xCopy ?? x;
         var dyd = dyCopy ?? dy;
+        // The residual only shapes the gradient through the activation's input, as β does.
+        var residual = epilogue.Activation == Activation.None ? null : epilogue.Residual;
+        using var residualCopy = residual is null ? null : TensorMemory.CopyUnlessIn(residual, layout);
+        var rd = residualCopy ?? residual;
         var arithmetic = DTypeRules.Arithmetic(x.dtype);
         var w = ParameterIn(epilogue.Weight, arithmetic);
         // β only shapes the gradient through the activation's pre-activation.
         var b = epilogue.Activation == Activation.None ? null : ParameterIn(epilogue.Bias, arithmetic);
 
         var dx = need.Input ? torch.empty_like(xd) : null;
+        var dr = need.Residual ? torch.empty_like(xd) : null;
         var dweight = need.Weight ? torch.empty(shape.C, arithmetic, torch.CPU) : null;
         var dbias = need.Bias ? torch.empty(shape.C, arithmetic, torch.CPU) : null;
 
@@ -124,6 +134,8 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
                 X = TensorMemory.Pointer<byte>(xd),
                 Dy = TensorMemory.Pointer<byte>(dyd),
                 Dx = PointerOrNull(dx),
+                Residual = PointerOrNull(rd),
+                Dr = PointerOrNull(dr),
                 Weight = PointerOrNull(w),
                 Bias = PointerOrNull(b),
                 Mean = Statistics.MeanIn(statistics),
@@ -135,12 +147,12 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
             };
             if (shape.GroupSize == 0)
             {
-                // Sums over no elements (see forward); dx is empty.
+                // Sums over no elements (see forward); dx and dr are empty.
                 NativeMemory.Clear(call.SumA, (nuint)(2 * nc * sizeof(double)));
             }
             else
             {
-                ((delegate*<BackwardCall*, void>)Entry<BackwardPass>(x.dtype, epilogue.Activation, layout))(&call);
+                ((delegate*<BackwardCall*, void>)Entry<BackwardPass>(x.dtype, epilogue.Activation, rd is not null, layout))(&call);
             }
             if (dweight is not null || dbias is not null)
             {
@@ -153,12 +165,13 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
 
         GC.KeepAlive(xd);
         GC.KeepAlive(dyd);
+        GC.KeepAlive(rd);
         GC.KeepAlive(w);
         GC.KeepAlive(b);
         if (!ReferenceEquals(w, epilogue.Weight)) w?.Dispose();
         if (!ReferenceEquals(b, epilogue.Bias)) b?.Dispose();
         // Same-type half parameters: their gradients were summed in float32 and are rounded once here.
-        return (dx, ToType(dweight, epilogue.ParameterType), ToType(dbias, epilogue.ParameterType));
+        return (dx, ToType(dweight, epilogue.ParameterType), ToType(dbias, epilogue.ParameterType), dr);
     }
 
     /// <summary>A parameter as a contiguous tensor of the arithmetic type: itself when it already is, else a copy the caller disposes.</summary>
@@ -178,54 +191,62 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
 
     private static void* PointerOrNull(Tensor? t) => t is null ? null : TensorMemory.Pointer<byte>(t);
 
-    // ---- the entry: element type, then activation, then layout ----------------------------------------
+    // ---- the entry: element type, then activation, then residual, then layout ---------------------------
 
     /// <summary>One direction's layout kernels, instantiated once the element type and activation are known.</summary>
     private interface IPass
     {
         /// <summary>The address of the layout kernel's entry for these types, as an untyped pointer.</summary>
-        void* Entry<TE, TS, T, TA>(ChannelLayout layout)
+        void* Entry<TE, TS, T, TA, TR>(ChannelLayout layout)
             where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-            where TA : struct, IActivation;
+            where TA : struct, IActivation where TR : struct, IResidual;
     }
 
     private struct ForwardPass : IPass
     {
-        public readonly void* Entry<TE, TS, T, TA>(ChannelLayout layout)
+        public readonly void* Entry<TE, TS, T, TA, TR>(ChannelLayout layout)
             where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-            where TA : struct, IActivation =>
+            where TA : struct, IActivation where TR : struct, IResidual =>
             layout == ChannelLayout.ChannelsFirst
-                ? (delegate*<ForwardCall*, void>)&SplitPhases.Forward<ChannelsFirstKernel.ForwardJob<TE, TS, T, TA>>
-                : (delegate*<ForwardCall*, void>)&SplitPhases.Forward<ChannelsLastKernel.ForwardJob<TE, TS, T, TA>>;
+                ? (delegate*<ForwardCall*, void>)&SplitPhases.Forward<ChannelsFirstKernel.ForwardJob<TE, TS, T, TA, TR>>
+                : (delegate*<ForwardCall*, void>)&SplitPhases.Forward<ChannelsLastKernel.ForwardJob<TE, TS, T, TA, TR>>;
     }
 
     private struct BackwardPass : IPass
     {
-        public readonly void* Entry<TE, TS, T, TA>(ChannelLayout layout)
+        public readonly void* Entry<TE, TS, T, TA, TR>(ChannelLayout layout)
             where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-            where TA : struct, IActivation =>
+            where TA : struct, IActivation where TR : struct, IResidual =>
             layout == ChannelLayout.ChannelsFirst
-                ? (delegate*<BackwardCall*, void>)&SplitPhases.Backward<ChannelsFirstKernel.BackwardJob<TE, TS, T, TA>>
-                : (delegate*<BackwardCall*, void>)&SplitPhases.Backward<ChannelsLastKernel.BackwardJob<TE, TS, T, TA>>;
+                ? (delegate*<BackwardCall*, void>)&SplitPhases.Backward<ChannelsFirstKernel.BackwardJob<TE, TS, T, TA, TR>>
+                : (delegate*<BackwardCall*, void>)&SplitPhases.Backward<ChannelsLastKernel.BackwardJob<TE, TS, T, TA, TR>>;
     }
 
-    private static void* Entry<TPass>(ScalarType dtype, Activation activation, ChannelLayout layout) where TPass : struct, IPass =>
+    private static void* Entry<TPass>(ScalarType dtype, Activation activation, bool residual, ChannelLayout layout) where TPass : struct, IPass =>
         dtype switch
         {
-            ScalarType.Float32 => WithActivation<TPass, NativeElement<float>, float, float>(activation, layout),
-            ScalarType.Float64 => WithActivation<TPass, NativeElement<double>, double, double>(activation, layout),
-            ScalarType.Float16 => WithActivation<TPass, Float16Element, Half, float>(activation, layout),
-            ScalarType.BFloat16 => WithActivation<TPass, BFloat16Element, ushort, float>(activation, layout),
+            ScalarType.Float32 => WithActivation<TPass, NativeElement<float>, float, float>(activation, residual, layout),
+            ScalarType.Float64 => WithActivation<TPass, NativeElement<double>, double, double>(activation, residual, layout),
+            ScalarType.Float16 => WithActivation<TPass, Float16Element, Half, float>(activation, residual, layout),
+            ScalarType.BFloat16 => WithActivation<TPass, BFloat16Element, ushort, float>(activation, residual, layout),
             _ => throw new NotSupportedException($"The fused CPU kernel does not take {dtype}; the kernel selector should not have chosen it."),
         };
 
-    private static void* WithActivation<TPass, TE, TS, T>(Activation activation, ChannelLayout layout)
+    private static void* WithActivation<TPass, TE, TS, T>(Activation activation, bool residual, ChannelLayout layout)
         where TPass : struct, IPass
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T> =>
         activation switch
         {
-            Activation.SiLU => default(TPass).Entry<TE, TS, T, SiLU>(layout),
-            Activation.ReLU => default(TPass).Entry<TE, TS, T, ReLU>(layout),
-            _ => default(TPass).Entry<TE, TS, T, Identity>(layout),
+            Activation.SiLU => WithResidual<TPass, TE, TS, T, SiLU>(residual, layout),
+            Activation.ReLU => WithResidual<TPass, TE, TS, T, ReLU>(residual, layout),
+            _ => WithResidual<TPass, TE, TS, T, Identity>(residual, layout),
         };
+
+    private static void* WithResidual<TPass, TE, TS, T, TA>(bool residual, ChannelLayout layout)
+        where TPass : struct, IPass
+        where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
+        where TA : struct, IActivation =>
+        residual
+            ? default(TPass).Entry<TE, TS, T, TA, AddResidual>(layout)
+            : default(TPass).Entry<TE, TS, T, TA, NoResidual>(layout);
 }

@@ -4,14 +4,14 @@ using System.Runtime.CompilerServices;
 namespace GroupNormalization.Kernels.Cpu;
 
 /// <summary>
-/// One forward call as <see cref="CpuFusedKernel"/> hands it to a layout kernel: x and y in the stored
-/// type, γ and β (null when absent) in the arithmetic type, untyped until the entry's type parameters
+/// One forward call as <see cref="CpuFusedKernel"/> hands it to a layout kernel: x, y and the residual
+/// (null when absent) in the stored type and one layout, γ and β (null when absent) in the arithmetic type, untyped until the entry's type parameters
 /// give them their types (<see cref="ForwardOperands{TS, T}"/>); the caller-owned per-(n, g) statistics
 /// that forward fills; the geometry and the plan.
 /// </summary>
 internal unsafe struct ForwardCall
 {
-    public void* X, Y, Weight, Bias;
+    public void* X, Y, Residual, Weight, Bias;
     public double* Mean, Rstd;
     public GroupNormShape Shape;
     public double Eps;
@@ -19,12 +19,14 @@ internal unsafe struct ForwardCall
 }
 
 /// <summary>
-/// One backward call: dx is null when x needs no gradient; sumA and sumB receive the per-(n, c) sums
-/// A = Σ dz and B = Σ dz·(x − μ) (indexed n·C + c) that the parameter gradients are made from.
+/// One backward call: dx is null when x needs no gradient, the residual null when forward had none or
+/// there is no activation to rebuild, and dr (dz = dy·act′(z + r), the residual's gradient) null unless
+/// asked for; sumA and sumB receive the per-(n, c) sums A = Σ dz and B = Σ dz·(x − μ) (indexed n·C + c)
+/// that the parameter gradients are made from.
 /// </summary>
 internal unsafe struct BackwardCall
 {
-    public void* X, Dy, Dx, Weight, Bias;
+    public void* X, Dy, Dx, Residual, Dr, Weight, Bias;
     public double* Mean, Rstd, SumA, SumB;
     public GroupNormShape Shape;
     public WorkPlan Plan;
@@ -35,7 +37,7 @@ internal readonly unsafe struct ForwardOperands<TS, T>(ForwardCall* call)
     where TS : unmanaged
     where T : unmanaged, IFloatingPointIeee754<T>
 {
-    public readonly TS* X = (TS*)call->X, Y = (TS*)call->Y;
+    public readonly TS* X = (TS*)call->X, Y = (TS*)call->Y, Residual = (TS*)call->Residual;
     public readonly T* Weight = (T*)call->Weight, Bias = (T*)call->Bias;
     public readonly double* Mean = call->Mean, Rstd = call->Rstd;
 }
@@ -45,7 +47,14 @@ internal readonly unsafe struct BackwardOperands<TS, T>(BackwardCall* call)
     where TS : unmanaged
     where T : unmanaged, IFloatingPointIeee754<T>
 {
-    public readonly TS* X = (TS*)call->X, Dy = (TS*)call->Dy, Dx = (TS*)call->Dx;
+    public readonly TS* X = (TS*)call->X, Dy = (TS*)call->Dy, Dx = (TS*)call->Dx, Residual = (TS*)call->Residual, Dr = (TS*)call->Dr;
+
+    /// <summary>
+    /// Where the sums pass leaves dz for the input-gradient pass: dr, which is dz, when asked for; else dx's
+    /// own memory when <see cref="GradientStash"/> applies; else nowhere.
+    /// </summary>
+    public TS* DzStash<TA>() where TA : struct, IActivation =>
+        TA.IsIdentity ? null : Dr != null ? Dr : Dx != null && GradientStash.Used<TS, T, TA>() ? Dx : null;
     public readonly T* Weight = (T*)call->Weight, Bias = (T*)call->Bias;
     public readonly double* Mean = call->Mean, Rstd = call->Rstd, SumA = call->SumA, SumB = call->SumB;
 }
@@ -97,7 +106,8 @@ internal readonly unsafe struct GroupConstants<T>
 }
 
 /// <summary>
-/// Whether backward keeps dz = dy·act′(z) in dx's memory between its two passes. The sums pass computes dz
+/// Whether backward's second pass reads dz = dy·act′(z) as the first pass stored it (in dr when the
+/// residual's gradient is asked for, else in dx's memory) instead of evaluating act′ again. The sums pass computes dz
 /// anyway; written to dx (which the second pass overwrites in place), it spares the second pass a second
 /// evaluation of act′, which for SiLU is an exponential and a division per element, the most expensive
 /// arithmetic in the kernel. Only where dz fits the stored type exactly (float32, float64): a half-type dx

@@ -224,23 +224,24 @@ internal unsafe struct DeviationTerms<TE, TS, T> : ITwoSums<DeviationTerms<TE, T
 
 /// <summary>
 /// dz and dz·(x − m): the per-(n, c) sums A and B of the backward pass, with dz = dy·act′(z) and z rebuilt
-/// as forward formed it, z = (x − mhi)·scale + shift; scale and shift are not read without an activation.
-/// When dz is given a place (see <see cref="GradientStash"/>), it is written there too.
+/// as forward formed it, z = (x − mhi)·scale + shift (+ r); scale, shift and r are not read without an
+/// activation. When dz is given a place (dr, or see <see cref="GradientStash"/>), it is written there too.
 /// </summary>
-internal unsafe struct GradientTerms<TE, TS, T, TA> : ITwoSums<GradientTerms<TE, TS, T, TA>, T>
+internal unsafe struct GradientTerms<TE, TS, T, TA, TR> : ITwoSums<GradientTerms<TE, TS, T, TA, TR>, T>
     where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
-    where TA : struct, IActivation
+    where TA : struct, IActivation where TR : struct, IResidual
 {
     private readonly T* _hi, _lo, _scale, _shift;
     private readonly T _h, _l, _s, _b;
-    private TS* _x, _dy, _dz;
+    private TS* _x, _r, _dy, _dz;
     private Vector<T> _vh, _vl, _vs, _vb;
 
     /// <summary>A contiguous span (one channel plane, or part of one): one set of constants.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public GradientTerms(TS* x, TS* dy, TS* dz, T mh, T ml, T scale, T shift)
+    public GradientTerms(TS* x, TS* r, TS* dy, TS* dz, T mh, T ml, T scale, T shift)
     {
         _x = x;
+        _r = r;
         _dy = dy;
         _dz = dz;
         (_h, _l, _s, _b) = (mh, ml, scale, shift);
@@ -249,9 +250,10 @@ internal unsafe struct GradientTerms<TE, TS, T, TA> : ITwoSums<GradientTerms<TE,
 
     /// <summary>A channels-last piece: per-channel arrays.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public GradientTerms(TS* x, TS* dy, TS* dz, T* mHi, T* mLo, T* scale, T* shift)
+    public GradientTerms(TS* x, TS* r, TS* dy, TS* dz, T* mHi, T* mLo, T* scale, T* shift)
     {
         _x = x;
+        _r = r;
         _dy = dy;
         _dz = dz;
         _hi = mHi;
@@ -263,9 +265,10 @@ internal unsafe struct GradientTerms<TE, TS, T, TA> : ITwoSums<GradientTerms<TE,
     public static bool MaskedTail => !TA.IsIdentity;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public readonly GradientTerms<TE, TS, T, TA> Columns(long j) => this with
+    public readonly GradientTerms<TE, TS, T, TA, TR> Columns(long j) => this with
     {
         _x = _x + j,
+        _r = _r == null ? null : _r + j,
         _dy = _dy + j,
         _dz = _dz == null ? null : _dz + j,
         _vh = VectorMath.Load(_hi + j),
@@ -281,7 +284,7 @@ internal unsafe struct GradientTerms<TE, TS, T, TA> : ITwoSums<GradientTerms<TE,
         var g = TE.Load(_dy + i);
         if (!TA.IsIdentity)
         {
-            g = TA.Gradient(g, c * _vs + _vb);
+            g = TA.Gradient(g, ResidualTerm.Add<TE, TS, T, TR>(c * _vs + _vb, _r, i));
             if (_dz != null) TE.Store(_dz + i, g);
         }
         a += g;
@@ -297,7 +300,7 @@ internal unsafe struct GradientTerms<TE, TS, T, TA> : ITwoSums<GradientTerms<TE,
         var g1 = TE.Load(_dy + i1);
         if (!TA.IsIdentity)
         {
-            TA.Gradient(ref g0, ref g1, c0 * _vs + _vb, c1 * _vs + _vb);
+            TA.Gradient(ref g0, ref g1, ResidualTerm.Add<TE, TS, T, TR>(c0 * _vs + _vb, _r, i0), ResidualTerm.Add<TE, TS, T, TR>(c1 * _vs + _vb, _r, i1));
             if (_dz != null)
             {
                 TE.Store(_dz + i0, g0);
@@ -315,7 +318,7 @@ internal unsafe struct GradientTerms<TE, TS, T, TA> : ITwoSums<GradientTerms<TE,
     public readonly void AddMasked(long i, long skip, ref Vector<T> a, ref Vector<T> b)
     {
         var c = TE.Load(_x + i) - _vh;
-        var g = TA.Gradient(TE.Load(_dy + i), c * _vs + _vb);
+        var g = TA.Gradient(TE.Load(_dy + i), ResidualTerm.Add<TE, TS, T, TR>(c * _vs + _vb, _r, i));
         if (_dz != null) TE.Store(_dz + i, g);
         g = Vector.ConditionalSelect(Vector.GreaterThanOrEqual(Vector<T>.Indices, new Vector<T>(T.CreateTruncating(skip))), g, Vector<T>.Zero);
         a += g;
@@ -330,7 +333,7 @@ internal unsafe struct GradientTerms<TE, TS, T, TA> : ITwoSums<GradientTerms<TE,
         T g = TE.Widen(_dy[i]);
         if (!TA.IsIdentity)
         {
-            g = TA.Gradient(g, c * (span ? _s : _scale[j]) + (span ? _b : _shift[j]));
+            g = TA.Gradient(g, ResidualTerm.Add<TE, TS, T, TR>(c * (span ? _s : _scale[j]) + (span ? _b : _shift[j]), _r, i));
             if (_dz != null) _dz[i] = TE.Narrow(g);
         }
         return (ToDouble(g), ToDouble(g * (c - (span ? _l : _lo[j]))));
