@@ -79,6 +79,13 @@ public sealed class BatchNormConversionOptions
     /// Whether a normalization layer followed directly by a SiLU or ReLU inside a <c>Sequential</c> becomes one
     /// <see cref="GroupNorm"/> with that <see cref="GroupNorm.activation"/> (default false). See
     /// <see cref="BatchNormConverter"/> for which layers fold and what takes the activation's place.
+    /// <para>
+    /// A residual add is never folded: in TorchSharp it is arithmetic inside a block's <c>forward</c>
+    /// (<c>y.add_(identity).relu_()</c>), not a module, so no module tree shows it. Write such a block with
+    /// <see cref="GroupNorm.forward(TorchSharp.torch.Tensor, TorchSharp.torch.Tensor?)"/> (a GroupNorm built with
+    /// <c>activation: Activation.ReLU</c>, called with the shortcut) or <see cref="Functional.group_norm"/>'s
+    /// <c>residual</c>.
+    /// </para>
     /// </summary>
     public bool fuse_activations { get; set; }
 

@@ -43,6 +43,7 @@ internal sealed class SampleCommands
     private readonly Option<int?> _bnSlice = new("--bn-slice") { Description = "BatchNorm statistics over slices of this many images (emulated per-device BatchNorm; must divide --batch-size)", Recursive = true };
     private readonly Option<bool> _weightStandardization = new("--weight-standardization") { Description = "weight-standardized convolutions (GroupNorm.TorchSharp's WeightStandardizedConv2d) in the CIFAR ResNet", Recursive = true };
     private readonly Option<bool> _normWeightDecay = new("--norm-weight-decay") { Description = "apply weight decay to the norms' γ and β too", Recursive = true };
+    private readonly Option<bool> _noFuse = new("--no-fuse") { Description = "with --norm gn: the plain drop-in, each block's norm then a separate ReLU (and add), instead of the fused GroupNorm+ReLU and GroupNorm+add+ReLU layers", Recursive = true };
     private readonly Option<bool> _augment = new("--augment") { Description = "random crop and flip for every data set (default: CIFAR only)", Recursive = true };
 
     private readonly Option<bool> _quick = new("--quick") { Description = "the whole study pipeline on a tiny budget (a few minutes), written to OUT/study-quick" };
@@ -51,11 +52,12 @@ internal sealed class SampleCommands
     private readonly Option<string> _out = new("--out") { Description = "parent folder of the study's folders (study, study-quick, sweep, sweep-quick)", DefaultValueFactory = _ => "results" };
     private readonly Option<int> _rounds = new("--rounds") { Description = "alternating rounds", DefaultValueFactory = _ => 6 };
     private readonly Option<int> _steps = new("--steps") { Description = "training steps per model per round", DefaultValueFactory = _ => 50 };
+    private readonly Option<string?> _summary = new("--summary") { Description = "also append the result table's rows (markdown) to this file, labelled with the glibc allocator setting" };
 
     public RootCommand Build()
     {
         var root = new RootCommand("ResNet on CIFAR-10 (or Fashion-MNIST offline) with GroupNorm.TorchSharp: train, study batch sizes, compare throughput.");
-        foreach (var option in new Option[] { _model, _depth, _norm, _groups, _channelsPerGroup, _epochs, _batchSize, _lr, _weightDecay, _schedule, _warmup, _seed, _device, _data, _fashion, _offline, _limitTrain, _limitTest, _csv, _checkpoint, _resume, _threads, _channelsLast, _plain, _bnSlice, _weightStandardization, _normWeightDecay, _augment })
+        foreach (var option in new Option[] { _model, _depth, _norm, _groups, _channelsPerGroup, _epochs, _batchSize, _lr, _weightDecay, _schedule, _warmup, _seed, _device, _data, _fashion, _offline, _limitTrain, _limitTest, _csv, _checkpoint, _resume, _threads, _channelsLast, _plain, _bnSlice, _weightStandardization, _normWeightDecay, _augment, _noFuse })
             root.Options.Add(option);
         root.SetAction(result => Guard(() => Train(result)));
 
@@ -65,9 +67,10 @@ internal sealed class SampleCommands
         study.SetAction(result => Guard(() => RunStudy(result)));
         root.Subcommands.Add(study);
 
-        var throughput = new Command("throughput", "Training images/s of the same network with our GroupNorm and with TorchSharp's nn.GroupNorm, alternating in one process.");
+        var throughput = new Command("throughput", "Training images/s of the same network with TorchSharp's nn.GroupNorm, our GroupNorm as a plain drop-in and our fused blocks, taking turns in one process.");
         throughput.Options.Add(_rounds);
         throughput.Options.Add(_steps);
+        throughput.Options.Add(_summary);
         throughput.SetAction(result => Guard(() => RunThroughput(result)));
         root.Subcommands.Add(throughput);
         return root;
@@ -118,6 +121,7 @@ internal sealed class SampleCommands
         BatchNormSlice = r.GetValue(_bnSlice),
         WeightStandardization = r.GetValue(_weightStandardization),
         NormWeightDecay = r.GetValue(_normWeightDecay),
+        FuseBlocks = !r.GetValue(_noFuse),
         Augment = r.GetValue(_augment) ? true : null,
         CsvPath = r.GetValue(_csv),
         CheckpointPath = r.GetValue(_checkpoint),
@@ -259,8 +263,30 @@ internal sealed class SampleCommands
         display.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"Throughput: {settings.Model}{(settings.Model == ModelFactory.CifarResNetName ? $"-{settings.Depth}" : "")}, batch {settings.BatchSize}, {(settings.ChannelsLast ? "channels_last" : "NCHW")}, {torch.get_num_threads()} threads"));
         var result = ThroughputComparison.Run(settings, data.Train, rounds, steps, display);
-        display.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"Throughput over {result.StepsEach} steps of batch {settings.BatchSize} each: ours {result.OursImagesPerSecond:F1} img/s, TorchSharp nn.GroupNorm {result.BuiltinImagesPerSecond:F1} img/s, ratio ours/built-in {result.Ratio:F3}{(result.OursFaultsPerStep is double of && result.BuiltinFaultsPerStep is double bf ? $"; minor page faults per step: ours {of:F0}, built-in {bf:F0}" : "")}"));
+        var allocator = AllocatorSetting();
+        var rows = result.Contestants.Select(c => string.Create(CultureInfo.InvariantCulture,
+            $"| {allocator} | {(settings.ChannelsLast ? "channels_last" : "NCHW")} | {c.Name} | {c.ImagesPerSecond:F1} | {c.RatioToBuiltin:F3} | {(c.FaultsPerStep is double f ? f.ToString("F0", CultureInfo.InvariantCulture) : "n/a")} |")).ToList();
+        display.WriteLine($"Medians over {rounds} rounds of {steps} steps of batch {settings.BatchSize} (ratio: images/s over the built-in's, per round):");
+        display.WriteLine(SummaryHeader);
+        display.WriteLine(SummaryRule);
+        foreach (var row in rows) display.WriteLine(row);
+        if (r.GetValue(_summary) is { } summary)
+        {
+            if (!File.Exists(summary)) File.AppendAllLines(summary, new[] { SummaryHeader, SummaryRule });
+            File.AppendAllLines(summary, rows);
+        }
         return 0;
     }
+
+    private const string SummaryHeader = "| glibc allocator | layout | network | img/s | ratio to built-in | minor page faults/step |";
+    private const string SummaryRule = "|---|---|---|---:|---:|---:|";
+
+    /// <summary>
+    /// Which glibc setting this process runs under: page faults, and so speed, depend on whether glibc hands
+    /// freed memory back to the system (its defaults) or keeps it (the thresholds the Throughput task sets).
+    /// </summary>
+    private static string AllocatorSetting() =>
+        Environment.GetEnvironmentVariable("MALLOC_TRIM_THRESHOLD_") is { Length: > 0 } trim
+            ? $"keeps freed memory (trim {trim}, mmap {Environment.GetEnvironmentVariable("MALLOC_MMAP_THRESHOLD_") ?? "default"})"
+            : "defaults";
 }

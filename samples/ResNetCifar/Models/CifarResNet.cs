@@ -24,7 +24,7 @@ internal sealed class CifarResNet : nn.Module<Tensor, Tensor>
 
         convs ??= new ConvFactory();
         stem = convs.Create(inChannels, 16, 3, padding: 1);
-        stemNorm = norms.Create(16);
+        stemNorm = norms.Create(16, then: GroupNormalization.Activation.ReLU);
         var blocks = nn.Sequential();
         long channels = 16;
         foreach (var (width, stride) in new[] { (16L, 1L), (32L, 2L), (64L, 2L) })
@@ -50,7 +50,8 @@ internal sealed class CifarResNet : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor input)
     {
         using var scope = torch.NewDisposeScope();
-        var x = stemNorm.call(stem.call(input)).relu_();
+        var x = stemNorm.call(stem.call(input));
+        if (NormFactory.Fused(stemNorm, GroupNormalization.Activation.ReLU) is null) x = x.relu_();
         x = stages.call(x);
         x = x.mean(new long[] { 2, 3 });
         return classifier.call(x).MoveToOuterDisposeScope();

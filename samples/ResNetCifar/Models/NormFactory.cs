@@ -9,11 +9,15 @@ namespace ResNetCifar.Models;
 /// Builds the normalization layer for a given channel count. The group count is <c>groups</c>, or
 /// C / channelsPerGroup when that is set; either way it must divide every channel count of the network.
 /// With <c>batchNormSlice</c>, BatchNorm takes its training statistics over slices of that many images
-/// (<see cref="GhostBatchNorm2d"/>), as BatchNorm on devices that each see that many images.
+/// (<see cref="GhostBatchNorm2d"/>), as BatchNorm on devices that each see that many images. With
+/// <c>fuse</c>, our GroupNorm takes the activation a block asks for into the same layer.
 /// </summary>
-internal sealed class NormFactory(NormKind kind, long groups = 8, long? channelsPerGroup = null, int? batchNormSlice = null)
+internal sealed class NormFactory(NormKind kind, long groups = 8, long? channelsPerGroup = null, int? batchNormSlice = null, bool fuse = true)
 {
     public NormKind Kind { get; } = kind;
+
+    /// <summary>Whether <see cref="Create"/> fuses the activation it is given into our GroupNorm.</summary>
+    public bool Fuse { get; } = fuse;
 
     public int? BatchNormSlice { get; } = batchNormSlice;
 
@@ -28,14 +32,23 @@ internal sealed class NormFactory(NormKind kind, long groups = 8, long? channels
         return g;
     }
 
-    public nn.Module<Tensor, Tensor> Create(long channels) => Kind switch
+    /// <summary>
+    /// A norm for <paramref name="channels"/> channels. <paramref name="then"/> is the activation the caller
+    /// applies next: our GroupNorm takes it in when <see cref="Fuse"/> is on (see <see cref="Fused"/>), every
+    /// other norm leaves it to the caller.
+    /// </summary>
+    public nn.Module<Tensor, Tensor> Create(long channels, GroupNormalization.Activation then = GroupNormalization.Activation.None) => Kind switch
     {
-        NormKind.Gn => new GroupNormalization.GroupNorm(GroupsFor(channels), channels),
+        NormKind.Gn => new GroupNormalization.GroupNorm(GroupsFor(channels), channels, activation: Fuse ? then : GroupNormalization.Activation.None),
         NormKind.Bn when BatchNormSlice is int slice => new GhostBatchNorm2d(channels, slice),
         NormKind.Bn => nn.BatchNorm2d(channels),
         NormKind.GnBuiltin => CreateBuiltin(channels),
         _ => throw new InvalidOperationException($"Unknown norm {Kind}."),
     };
+
+    /// <summary>Our GroupNorm with <paramref name="activation"/> fused in, or null when the caller must apply it.</summary>
+    public static GroupNormalization.GroupNorm? Fused(nn.Module<Tensor, Tensor> norm, GroupNormalization.Activation activation) =>
+        norm is GroupNormalization.GroupNorm ours && ours.activation == activation ? ours : null;
 
     /// <summary>Sets a norm layer's γ to zero, so that a residual block starts as the identity (Wu &amp; He; Goyal et al.).</summary>
     public static void ZeroGamma(nn.Module<Tensor, Tensor> norm)

@@ -1,5 +1,7 @@
+using System.Collections.Generic;
 using System.Diagnostics;
 using System.Globalization;
+using System.Linq;
 using ResNetCifar.Data;
 using ResNetCifar.Models;
 using ResNetCifar.Training;
@@ -9,73 +11,89 @@ using static TorchSharp.torch;
 namespace ResNetCifar.Throughput;
 
 /// <summary>
-/// Training throughput of the same network with our GroupNorm and with TorchSharp's nn.GroupNorm, in one
-/// process on the same batches. The two alternate in short rounds (and swap who goes first) so that
-/// drifting machine load falls on both alike.
+/// Training throughput of the same network with TorchSharp's nn.GroupNorm, with our GroupNorm as a plain
+/// drop-in (norm, then ReLU and the residual add as separate ops), and with our fused blocks (GroupNorm+ReLU
+/// and GroupNorm+add+ReLU as single layers), in one process on the same batches. The three take turns in
+/// short rounds, each round in another order, so that drifting machine load falls on all alike; speeds and
+/// ratios are medians over the rounds.
 /// </summary>
 internal static class ThroughputComparison
 {
-    /// <summary>Images per second of each, the steps each took, and minor page faults per step (null where not measurable).</summary>
-    public sealed record Result(double OursImagesPerSecond, double BuiltinImagesPerSecond, long StepsEach, double? OursFaultsPerStep = null, double? BuiltinFaultsPerStep = null)
-    {
-        public double Ratio => OursImagesPerSecond / BuiltinImagesPerSecond;
-    }
+    /// <summary>One network's median images per second and minor page faults per step (null where not measurable).</summary>
+    public sealed record Contestant(string Name, double ImagesPerSecond, double? FaultsPerStep, double RatioToBuiltin);
+
+    /// <summary>The built-in first, then ours plain and ours fused; the steps each took.</summary>
+    public sealed record Result(IReadOnlyList<Contestant> Contestants, long StepsEach);
 
     public static Result Run(TrainSettings settings, ImageDataset train, int rounds, int stepsPerRound, IProgressDisplay display)
     {
         var device = Trainer.ResolveDevice(settings.Device);
-        var oursSettings = settings with { Norm = NormKind.Gn };
-        var builtinSettings = settings with { Norm = NormKind.GnBuiltin };
-        torch.manual_seed(settings.Seed);
-        using var ours = ModelFactory.Create(settings.Model, settings.Depth, train.Channels, 10, oursSettings.CreateNormFactory(), display.WriteLine);
-        torch.manual_seed(settings.Seed);
-        using var builtin = ModelFactory.Create(settings.Model, settings.Depth, train.Channels, 10, builtinSettings.CreateNormFactory(), display.WriteLine);
-        ours.to(device);
-        builtin.to(device);
-        MemoryFormat.ConvertWeights(ours, settings.ChannelsLast);
-        MemoryFormat.ConvertWeights(builtin, settings.ChannelsLast);
-        using var oursOptimizer = Trainer.CreateOptimizer(ours, oursSettings);
-        using var builtinOptimizer = Trainer.CreateOptimizer(builtin, builtinSettings);
+        var entries = new (string Name, TrainSettings Settings)[]
+        {
+            ("built-in", settings with { Norm = NormKind.GnBuiltin }),
+            ("ours plain", settings with { Norm = NormKind.Gn, FuseBlocks = false }),
+            ("ours fused", settings with { Norm = NormKind.Gn, FuseBlocks = true }),
+        };
+        var models = new List<(nn.Module<Tensor, Tensor> Model, optim.Optimizer Optimizer)>();
+        try
+        {
+            foreach (var (_, s) in entries)
+            {
+                torch.manual_seed(settings.Seed);
+                var model = ModelFactory.Create(s.Model, s.Depth, train.Channels, 10, s.CreateNormFactory(), display.WriteLine);
+                model.to(device);
+                MemoryFormat.ConvertWeights(model, settings.ChannelsLast);
+                models.Add((model, Trainer.CreateOptimizer(model, s)));
+            }
+            return Measure(entries.Select(e => e.Name).ToArray(), models, settings, train, device, rounds, stepsPerRound, display);
+        }
+        finally
+        {
+            foreach (var (model, optimizer) in models)
+            {
+                optimizer.Dispose();
+                model.Dispose();
+            }
+        }
+    }
+
+    private static Result Measure(string[] names, List<(nn.Module<Tensor, Tensor> Model, optim.Optimizer Optimizer)> models, TrainSettings settings,
+        ImageDataset train, Device device, int rounds, int stepsPerRound, IProgressDisplay display)
+    {
+        int n = models.Count;
         var batchSize = settings.BatchSize;
         var batchesAvailable = train.Count / batchSize;
-
-        // Warm-up: first calls allocate and pick kernels.
         var channelsLast = settings.ChannelsLast;
-        TimeSteps(ours, oursOptimizer, train, device, batchSize, 0, 3, batchesAvailable, channelsLast);
-        TimeSteps(builtin, builtinOptimizer, train, device, batchSize, 0, 3, batchesAvailable, channelsLast);
+        // Warm-up: first calls allocate and pick kernels.
+        foreach (var (model, optimizer) in models) TimeSteps(model, optimizer, train, device, batchSize, 0, 3, batchesAvailable, channelsLast);
 
         bool measurable = PageFaults.MinorFaults() is not null;
-        double oursSeconds = 0, builtinSeconds = 0;
-        long oursFaults = 0, builtinFaults = 0;
+        var speeds = Enumerable.Range(0, n).Select(_ => new List<double>()).ToArray();
+        var faults = Enumerable.Range(0, n).Select(_ => new List<double>()).ToArray();
+        var ratios = Enumerable.Range(0, n).Select(_ => new List<double>()).ToArray();
+        var images = (double)stepsPerRound * batchSize;
         for (var round = 0; round < rounds; round++)
         {
             var firstBatch = (long)round * stepsPerRound;
-            (double Seconds, long Faults) a, b;
-            if (round % 2 == 0)
+            // Every network takes every position, in both directions, so none always inherits one other's heap.
+            bool backwards = round / n % 2 == 1;
+            var seconds = new double[n];
+            for (int k = 0; k < n; k++)
             {
-                a = TimeSteps(ours, oursOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable, channelsLast);
-                b = TimeSteps(builtin, builtinOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable, channelsLast);
+                int i = (round + (backwards ? n - k : k)) % n;
+                var (s, f) = TimeSteps(models[i].Model, models[i].Optimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable, channelsLast);
+                seconds[i] = s;
+                speeds[i].Add(images / s);
+                faults[i].Add((double)f / stepsPerRound);
             }
-            else
-            {
-                b = TimeSteps(builtin, builtinOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable, channelsLast);
-                a = TimeSteps(ours, oursOptimizer, train, device, batchSize, firstBatch, stepsPerRound, batchesAvailable, channelsLast);
-            }
-            oursSeconds += a.Seconds;
-            builtinSeconds += b.Seconds;
-            oursFaults += a.Faults;
-            builtinFaults += b.Faults;
-            var images = (double)stepsPerRound * batchSize;
-            var faults = measurable
-                ? string.Create(CultureInfo.InvariantCulture, $"; page faults per step: ours {(double)a.Faults / stepsPerRound:F0}, built-in {(double)b.Faults / stepsPerRound:F0}")
-                : "";
-            display.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"round {round + 1}/{rounds}: ours {images / a.Seconds:F0} img/s, built-in {images / b.Seconds:F0} img/s{faults}"));
+            for (int i = 0; i < n; i++) ratios[i].Add(seconds[0] / seconds[i]);
+            display.WriteLine($"round {round + 1}/{rounds}: " + string.Join(", ", Enumerable.Range(0, n).Select(i =>
+                string.Create(CultureInfo.InvariantCulture, $"{names[i]} {speeds[i][^1]:F0} img/s{(measurable ? $" ({faults[i][^1]:F0} faults/step)" : "")}"))));
         }
-        var total = (double)rounds * stepsPerRound * batchSize;
-        long stepsEach = (long)rounds * stepsPerRound;
-        return new Result(total / oursSeconds, total / builtinSeconds, stepsEach,
-            measurable ? (double)oursFaults / stepsEach : null, measurable ? (double)builtinFaults / stepsEach : null);
+        var contestants = Enumerable.Range(0, n)
+            .Select(i => new Contestant(names[i], Median(speeds[i]), measurable ? Median(faults[i]) : null, Median(ratios[i])))
+            .ToList();
+        return new Result(contestants, (long)rounds * stepsPerRound);
     }
 
     private static (double Seconds, long Faults) TimeSteps(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ImageDataset train, Device device, int batchSize, long firstBatch, int steps, long batchesAvailable, bool channelsLast)
@@ -98,5 +116,12 @@ internal static class ThroughputComparison
         }
         var seconds = clock.Elapsed.TotalSeconds;
         return (seconds, (PageFaults.MinorFaults() ?? 0) - faultsBefore);
+    }
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.OrderBy(v => v).ToList();
+        int n = sorted.Count;
+        return n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
     }
 }

@@ -38,6 +38,12 @@ internal sealed record TrainSettings
     public long Seed { get; init; } = 1;
     public string Device { get; init; } = "cpu";
 
+    /// <summary>
+    /// With our GroupNorm, run each residual block's norm1 + ReLU and norm2 + shortcut + ReLU as single fused
+    /// layers (false: the plain drop-in, norm then separate ReLU and add, for comparison).
+    /// </summary>
+    public bool FuseBlocks { get; init; } = true;
+
     /// <summary>Feed batches in channels_last memory format (and so run every layer in it).</summary>
     public bool ChannelsLast { get; init; }
     public string? CsvPath { get; init; }
@@ -49,7 +55,7 @@ internal sealed record TrainSettings
 
     public int EvalBatchSize { get; init; } = 500;
 
-    public NormFactory CreateNormFactory() => new(Norm, Groups, ChannelsPerGroup, BatchNormSlice);
+    public NormFactory CreateNormFactory() => new(Norm, Groups, ChannelsPerGroup, BatchNormSlice, FuseBlocks);
 
     public ConvFactory CreateConvFactory() => new(WeightStandardization);
 }
