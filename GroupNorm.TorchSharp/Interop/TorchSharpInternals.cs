@@ -21,6 +21,9 @@ namespace GroupNormalization.Interop;
 /// <item>The native export <c>THSTensor_data</c> of LibTorchSharp: a tensor's data address, which the fused
 /// kernels read and write through. TorchSharp's public equivalent (<c>storage&lt;T&gt;().data_ptr()</c>)
 /// allocates a managed object per call, too much for a call that costs a few microseconds.</item>
+/// <item>The native export <c>THSTensor_new</c> of LibTorchSharp: a tensor over memory we own, with a deleter
+/// libtorch calls when the last reference goes, which <see cref="Kernels.RecycledMemory"/> builds outputs
+/// from. TorchSharp's public constructors over memory take a managed array and their own deleter.</item>
 /// </list>
 /// Everything else the converter changes goes through public API or the caller's own classes (see
 /// <see cref="Conversion.ModuleReplacement"/>): it names no TorchSharp member and cannot go missing.
@@ -38,6 +41,8 @@ namespace GroupNormalization.Interop;
 /// <item><c>THSTensor_data</c> missing: <see cref="DataPointerAvailable"/> is false, the kernel selector uses
 /// the device-generic path (same results, slower), and <see cref="DataPointer"/> throws
 /// <see cref="NotSupportedException"/> if called anyway.</item>
+/// <item><c>THSTensor_new</c> missing: <see cref="TensorOverAvailable"/> is false and the fused kernels'
+/// outputs come from libtorch's allocator, as before recycling existed.</item>
 /// </list>
 /// </para>
 /// </summary>
@@ -54,6 +59,7 @@ internal static unsafe class TorchSharpInternals
         new(OutputCache.Name, OutputCache.Found, "output-cache release is a no-op: one extra output-sized tensor per graph node"),
         new(SequentialItems.Name, SequentialItems.Field is not null, "BatchNormConverter throws NotSupportedException for layers inside a Sequential"),
         new(NativeData.Name, NativeData.Export != null, "the fused CPU kernels are off: the device-generic path runs instead"),
+        new(NativeNew.Name, NativeNew.Export != null, "outputs are not recycled: they come from libtorch's allocator"),
     ];
 
     private static string TorchSharpVersion => typeof(torch).Assembly.GetName().Version?.ToString() ?? "unknown";
@@ -163,5 +169,43 @@ internal static unsafe class TorchSharpInternals
                 return (delegate* unmanaged<IntPtr, IntPtr>)export;
             return null;
         }
+    }
+
+    // ---------------------------------------------------------------- tensor over our memory
+
+    /// <summary>Whether LibTorchSharp's <c>THSTensor_new</c> export was found; without it, <see cref="TensorOver"/> throws.</summary>
+    internal static bool TensorOverAvailable => NativeNew.Export != null;
+
+    /// <summary>
+    /// A contiguous CPU tensor of <paramref name="sizes"/> and <paramref name="dtype"/> over
+    /// <paramref name="data"/>, which libtorch hands to <paramref name="deleter"/> when its storage dies
+    /// (on whichever thread drops the last reference). Its storage cannot be resized.
+    /// </summary>
+    /// <exception cref="NotSupportedException"><see cref="TensorOverAvailable"/> is false.</exception>
+    internal static Tensor TensorOver(void* data, ReadOnlySpan<long> sizes, ScalarType dtype, delegate* unmanaged<void*, void> deleter)
+    {
+        var export = NativeNew.Export;
+        if (export == null)
+            throw new NotSupportedException($"LibTorchSharp of TorchSharp {TorchSharpVersion} has no {NativeNew.Name} export; check TensorOverAvailable first.");
+        IntPtr handle;
+        fixed (long* dims = sizes)
+            handle = export(data, deleter, dims, sizes.Length, (sbyte)dtype, (sbyte)dtype, (int)DeviceType.CPU, 0, 0);
+        if (handle == IntPtr.Zero) torch.CheckForErrors();
+        return Tensor.UnsafeCreateTensor(handle);
+    }
+
+    private static class NativeNew
+    {
+        internal const string Name = "LibTorchSharp!THSTensor_new";
+
+        // (data, deleter, sizes, rank, stored type, tensor type, device type, device index, requires_grad):
+        // torch::from_blob with the deleter; equal types and the CPU mean no copy.
+        internal static readonly delegate* unmanaged<void*, delegate* unmanaged<void*, void>, long*, int, sbyte, sbyte, int, int, byte, IntPtr> Export = Resolve();
+
+        private static delegate* unmanaged<void*, delegate* unmanaged<void*, void>, long*, int, sbyte, sbyte, int, int, byte, IntPtr> Resolve() =>
+            NativeLibrary.TryLoad("LibTorchSharp", typeof(torch).Assembly, null, out var library)
+            && NativeLibrary.TryGetExport(library, "THSTensor_new", out var export)
+                ? (delegate* unmanaged<void*, delegate* unmanaged<void*, void>, long*, int, sbyte, sbyte, int, int, byte, IntPtr>)export
+                : null;
     }
 }

@@ -44,6 +44,7 @@ internal sealed class SampleCommands
     private readonly Option<bool> _weightStandardization = new("--weight-standardization") { Description = "weight-standardized convolutions (GroupNorm.TorchSharp's WeightStandardizedConv2d) in the CIFAR ResNet", Recursive = true };
     private readonly Option<bool> _normWeightDecay = new("--norm-weight-decay") { Description = "apply weight decay to the norms' γ and β too", Recursive = true };
     private readonly Option<bool> _noFuse = new("--no-fuse") { Description = "with --norm gn: the plain drop-in, each block's norm then a separate ReLU (and add), instead of the fused GroupNorm+ReLU and GroupNorm+add+ReLU layers", Recursive = true };
+    private readonly Option<bool> _noRecycle = new("--no-recycle") { Description = "our GroupNorm's outputs from libtorch's allocator instead of the blocks it recycles (GroupNormalization.Memory.recycle_outputs = false)", Recursive = true };
     private readonly Option<bool> _augment = new("--augment") { Description = "random crop and flip for every data set (default: CIFAR only)", Recursive = true };
 
     private readonly Option<bool> _quick = new("--quick") { Description = "the whole study pipeline on a tiny budget (a few minutes), written to OUT/study-quick" };
@@ -57,7 +58,7 @@ internal sealed class SampleCommands
     public RootCommand Build()
     {
         var root = new RootCommand("ResNet on CIFAR-10 (or Fashion-MNIST offline) with GroupNorm.TorchSharp: train, study batch sizes, compare throughput.");
-        foreach (var option in new Option[] { _model, _depth, _norm, _groups, _channelsPerGroup, _epochs, _batchSize, _lr, _weightDecay, _schedule, _warmup, _seed, _device, _data, _fashion, _offline, _limitTrain, _limitTest, _csv, _checkpoint, _resume, _threads, _channelsLast, _plain, _bnSlice, _weightStandardization, _normWeightDecay, _augment, _noFuse })
+        foreach (var option in new Option[] { _model, _depth, _norm, _groups, _channelsPerGroup, _epochs, _batchSize, _lr, _weightDecay, _schedule, _warmup, _seed, _device, _data, _fashion, _offline, _limitTrain, _limitTest, _csv, _checkpoint, _resume, _threads, _channelsLast, _plain, _bnSlice, _weightStandardization, _normWeightDecay, _augment, _noFuse, _noRecycle })
             root.Options.Add(option);
         root.SetAction(result => Guard(() => Train(result)));
 
@@ -94,6 +95,7 @@ internal sealed class SampleCommands
         var threads = r.GetValue(_threads);
         if (threads < 0) throw new ArgumentException($"--threads must be 0 (default) or positive, but got {threads}.");
         if (threads > 0) torch.set_num_threads(threads);
+        if (r.GetValue(_noRecycle)) GroupNormalization.Memory.recycle_outputs = false;
         return ReadSettings(r);
     }
 

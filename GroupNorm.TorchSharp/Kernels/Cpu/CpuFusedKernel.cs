@@ -60,7 +60,7 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
         var b = ParameterIn(epilogue.Bias, arithmetic);
         try
         {
-            var y = torch.empty_like(src);
+            var y = RecycledMemory.Empty(src, layout ?? ChannelLayout.ChannelsFirst);
             fixed (double* kept = saved.Host, onStack = stack)
             {
                 double* statistics = kept != null ? kept : onStack != null ? onStack : (double*)scratch.Pointer;
@@ -120,8 +120,8 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
         // β only shapes the gradient through the activation's pre-activation.
         var b = epilogue.Activation == Activation.None ? null : ParameterIn(epilogue.Bias, arithmetic);
 
-        var dx = need.Input ? torch.empty_like(xd) : null;
-        var dr = need.Residual ? torch.empty_like(xd) : null;
+        var dx = need.Input ? RecycledMemory.Empty(xd, layout) : null;
+        var dr = need.Residual ? RecycledMemory.Empty(xd, layout) : null;
         var dweight = need.Weight ? torch.empty(shape.C, arithmetic, torch.CPU) : null;
         var dbias = need.Bias ? torch.empty(shape.C, arithmetic, torch.CPU) : null;
 
