@@ -16,7 +16,7 @@ internal static unsafe class ChannelsFirstKernel
     /// <summary>Elements whose mean becomes a row's statistics' shift (see <see cref="RowwiseMoments"/>).</summary>
     private const int ShiftSample = 256;
 
-    /// <summary>Planes up to this size go through one loop per row when an activation is fused.</summary>
+    /// <summary>Planes up to this size go through one loop per row, in forward and in backward's dx.</summary>
     private const long SmallPlane = 256;
 
     /// <summary>Most planes whose constants a row keeps on the stack for that loop.</summary>
@@ -94,7 +94,7 @@ internal static unsafe class ChannelsFirstKernel
             TS* xr = O.X + r * Plan.RowLength, yr = O.Y + r * Plan.RowLength, rr = O.Residual + r * Plan.RowLength;
             var group = new GroupConstants<T>(O.Mean[r], O.Rstd[r], O.Weight, O.Bias);
             long planes = (end - start) / plane;
-            if (!TA.IsIdentity && Vector.IsHardwareAccelerated && plane % (2 * Vector<T>.Count) == 0 && plane <= SmallPlane
+            if (Vector.IsHardwareAccelerated && plane % (2 * Vector<T>.Count) == 0 && plane <= SmallPlane
                 && start % plane == 0 && end % plane == 0 && planes <= MaxStackPlanes)
             {
                 // Small planes in one loop (see ContiguousLoops.NormalizePlanes), their constants first.
@@ -161,7 +161,9 @@ internal static unsafe class ChannelsFirstKernel
                 // The pre-activation's coefficients, needed only to rebuild z for act′(z).
                 var (scale, shift) = TA.IsIdentity ? default : group.Channel(g * S.D + local);
                 var terms = new GradientTerms<TE, TS, T, TA, TR>(xr + pos, rr + pos, gr + pos, zr == null ? null : zr + pos, group.Hi, group.Lo, scale, shift);
-                var (sa, sb) = Reductions.Span<T, GradientTerms<TE, TS, T, TA, TR>>(terms, stop - pos);
+                var (sa, sb) = Reductions.IsShort<T>(stop - pos)
+                    ? Reductions.ShortSpan<T, GradientTerms<TE, TS, T, TA, TR>>(terms, stop - pos)
+                    : Reductions.Span<T, GradientTerms<TE, TS, T, TA, TR>>(terms, stop - pos);
                 a[local] += sa;
                 b[local] += sb;
                 pos = stop;
@@ -178,6 +180,20 @@ internal static unsafe class ChannelsFirstKernel
 
             TS* xr = O.X + r * Plan.RowLength, gr = O.Dy + r * Plan.RowLength, dr = O.Dx + r * Plan.RowLength;
             TS* rr = O.Residual + r * Plan.RowLength, zr = O.DzStash<TA>() + r * Plan.RowLength;
+            long planes = (end - start) / plane;
+            if (Vector.IsHardwareAccelerated && plane % (2 * Vector<T>.Count) == 0 && plane <= SmallPlane
+                && start % plane == 0 && end % plane == 0 && planes <= MaxStackPlanes)
+            {
+                // Small planes in one loop, their constants first (as the forward's ApplyScaleBias).
+                T* scale = stackalloc T[(int)planes];
+                T* shift = stackalloc T[(int)planes];
+                for (long p = 0; p < planes; p++) (scale[p], shift[p]) = group.Channel(g * S.D + start / plane + p);
+                if (GradientStash.Used<TS, T, TA>())
+                    ContiguousLoops.InputGradientPlanes<TE, TS, T, Identity, NoResidual>(xr + start, null, zr + start, dr + start, planes, plane, group.Hi, scale, b, k, shift);
+                else
+                    ContiguousLoops.InputGradientPlanes<TE, TS, T, TA, TR>(xr + start, rr + start, gr + start, dr + start, planes, plane, group.Hi, scale, b, k, shift);
+                return;
+            }
             for (long pos = start, local = start / plane; pos < end; local++)
             {
                 long stop = Math.Min(end, (local + 1) * plane);

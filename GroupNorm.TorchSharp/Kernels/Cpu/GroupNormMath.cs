@@ -53,12 +53,14 @@ namespace GroupNormalization.Kernels.Cpu;
 /// </summary>
 internal static class GroupNormMath
 {
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static double Rstd(double biasedVariance, double eps) => 1.0 / Math.Sqrt(biasedVariance + eps);
 
     /// <summary>
     /// b and k of the dx formula for one (n, g), from the group's sums Σ a[c]·A[n,c] (a as the kernel rounds
     /// it, see <see cref="Scale{T}"/>) and Σ γ[c]·B[n,c].
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static (double B, double K) InputGradientCoefficients(double rstd, double scaleA, double gammaB, double groupSize)
     {
         if (groupSize == 0) return (0, 0);
@@ -67,6 +69,7 @@ internal static class GroupNormMath
     }
 
     /// <summary>a = r·γ[c], rounded to T: the scale of the output and the coefficient of dz in dx.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static T Scale<T>(double rstd, double gamma) where T : unmanaged, IFloatingPointIeee754<T> =>
         T.CreateTruncating(rstd * gamma);
 
@@ -74,6 +77,7 @@ internal static class GroupNormMath
     /// The output's constants for channel c: z = (x − μhi)·scale + shift with scale = a = r·γ[c] and
     /// shift = β[c] − μlo·scale (the scale as rounded to T, so that the fold is exact to T's precision).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static (T Scale, T Shift) OutputCoefficients<T>(double rstd, double meanLo, double gamma, double beta)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
@@ -84,6 +88,7 @@ internal static class GroupNormMath
     /// <summary>
     /// b and k of the dx formula in T, for loops that form x − μhi: dx = a·dz + b·(x − μhi) + (k − b·μlo).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static (T B, T K) InputGradientCoefficients<T>(double rstd, double scaleA, double gammaB, double groupSize, double meanLo)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
@@ -116,6 +121,7 @@ internal static class GroupNormMath
     /// Exact algebra for every K; numerically it loses log₁₀(Σd²/M2) digits, so the kernels choose K near
     /// μ (the mean of a first piece of the data) and check with <see cref="ShiftWasClose"/>.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Moments ShiftedMoments(double count, double shift, double sumDev, double sumSqDev) =>
         count == 0 ? default : new Moments(count, shift + sumDev / count, sumSqDev - sumDev * sumDev / count);
 
@@ -124,6 +130,7 @@ internal static class GroupNormMath
     /// Otherwise (data that drift along the image, so the first piece is not typical) the kernels sum again
     /// with K = μ.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static bool ShiftWasClose(double count, double sumDev, double sumSqDev) =>
         count == 0 || sumSqDev <= 4 * (sumSqDev - sumDev * sumDev / count);
 
@@ -132,6 +139,7 @@ internal static class GroupNormMath
     /// can form x − μ as (x − hi) − lo: x − hi is exact near the mean, and lo restores what rounding μ lost.
     /// In float64, hi = μ and lo = 0.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static (T Hi, T Lo) SplitMean<T>(double mean) where T : unmanaged, IFloatingPointIeee754<T>
     {
         T hi = T.CreateTruncating(mean);

@@ -53,6 +53,7 @@ internal readonly unsafe struct BackwardOperands<TS, T>(BackwardCall* call)
     /// Where the sums pass leaves dz for the input-gradient pass: dr, which is dz, when asked for; else dx's
     /// own memory when <see cref="GradientStash"/> applies; else nowhere.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public TS* DzStash<TA>() where TA : struct, IActivation =>
         TA.IsIdentity ? null : Dr != null ? Dr : Dx != null && GradientStash.Used<TS, T, TA>() ? Dx : null;
     public readonly T* Weight = (T*)call->Weight, Bias = (T*)call->Bias;
@@ -81,6 +82,7 @@ internal readonly unsafe struct GroupConstants<T>
     }
 
     /// <summary>z = (x − Hi)·Scale + Shift for channel c (<see cref="GroupNormMath.OutputCoefficients{T}"/>); Scale is also dx's a.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public (T Scale, T Shift) Channel(long c) =>
         GroupNormMath.OutputCoefficients<T>(_rstd, _meanLo, Gamma(c), _bias == null ? 0.0 : double.CreateTruncating(_bias[c]));
 
@@ -102,6 +104,7 @@ internal readonly unsafe struct GroupConstants<T>
         return GroupNormMath.InputGradientCoefficients<T>(_rstd, scaleA, gammaB, groupSize, _meanLo);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private double Gamma(long c) => _weight == null ? 1.0 : double.CreateTruncating(_weight[c]);
 }
 
@@ -115,5 +118,6 @@ internal readonly unsafe struct GroupConstants<T>
 /// </summary>
 internal static class GradientStash
 {
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static bool Used<TS, T, TA>() where TA : struct, IActivation => !TA.IsIdentity && typeof(TS) == typeof(T);
 }

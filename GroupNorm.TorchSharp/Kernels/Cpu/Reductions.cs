@@ -101,6 +101,28 @@ internal static unsafe class Reductions
     }
 
     /// <summary>
+    /// <see cref="Span"/> for a short span of whole vector pairs, no more than <see cref="FoldTerms"/> pairs
+    /// (<see cref="IsShort{T}"/>): one loop and one fold into float64, none of <see cref="Span"/>'s
+    /// blocking, tails or masks. With 8×8 planes the backward's sums are a reduction per 64 elements, and
+    /// <see cref="Span"/>'s fixed work per call (four accumulators, two folds, the tail's checks) cost as much
+    /// as the elements themselves.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (double A, double B) ShortSpan<T, TOp>(TOp op, long n)
+        where T : unmanaged, IFloatingPointIeee754<T>
+        where TOp : struct, ITwoSums<TOp, T>
+    {
+        int w = Vector<T>.Count;
+        Vector<T> a0 = default, a1 = default, b0 = default, b1 = default;
+        for (long i = 0; i < n; i += 2 * w) op.AddPair(i, i + w, ref a0, ref b0, ref a1, ref b1);
+        return (Vector.Sum(ToDoubleLanes(a0 + a1)), Vector.Sum(ToDoubleLanes(b0 + b1)));
+    }
+
+    /// <summary>Whether <see cref="ShortSpan"/> takes spans of <paramref name="n"/> elements.</summary>
+    public static bool IsShort<T>(long n) where T : unmanaged =>
+        Vector.IsHardwareAccelerated && n > 0 && n % (2 * Vector<T>.Count) == 0 && n <= 2L * FoldTerms * Vector<T>.Count;
+
+    /// <summary>
     /// sumA[j] += Σ_r A and sumB[j] += Σ_r B for every channel j of a channels-last piece of <paramref name="rows"/>
     /// positions × <paramref name="c"/> channels. Each pass walks one vector of channels down all rows, so
     /// that the accumulators stay in registers instead of being reloaded for every position.
