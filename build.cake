@@ -267,6 +267,7 @@ Task("BenchQuick")
     RunBenchmarks("--quick --interleaved");
     RunBenchmarks("--quick --interleaved --suite activation");
     RunBenchmarks("--quick --interleaved --suite half");
+    RunBenchmarks("--quick --interleaved --suite residual");
 });
 
 // Ours and the built-in in alternating blocks, ratio per round: isolation, in-network and fixed cost.
@@ -283,6 +284,13 @@ Task("BenchActivation")
     .IsDependentOn("Setup")
     .IsDependentOn("Build")
     .Does(() => RunBenchmarks(("--interleaved --suite activation " + Argument("bench-args", "")).Trim()));
+
+// Fused GN+add+ReLU (a ResNet block's norm2 → add → ReLU) against group_norm, add_ and relu_, float32, NCHW and
+// channels_last, interleaved, with page faults per call; under both glibc settings (see --glibc above).
+Task("BenchResidual")
+    .IsDependentOn("Setup")
+    .IsDependentOn("Build")
+    .Does(() => UnderEachAllocator(environment => RunBenchmarks(("--interleaved --suite residual " + Argument("bench-args", "")).Trim(), environment)));
 
 // float16 and bfloat16 against the built-in in the same dtype, interleaved; the VAE shape is slow in half precision,
 // --bench-args="--max-numel 5000000" leaves it out. BenchmarkDotNet: --target=Bench --bench-args="--filter *HalfPrecision*".

@@ -31,6 +31,12 @@ public sealed record BenchCase(long N, long C, long H, long W, long G)
         new BenchCase(32, 64, 8, 8, 8),
     };
 
+    /// <summary>
+    /// GroupNorm + residual add + ReLU: the norm2 of a ResNet basic block, at ResNet-20's three stages (batch 32,
+    /// 8 groups) and a ResNet-50-sized (8, 256, 56, 56)/32.
+    /// </summary>
+    public static IReadOnlyList<BenchCase> Residual { get; } = ResNet20.Append(new BenchCase(8, 256, 56, 56, 32)).ToArray();
+
     public static IEnumerable<BenchCase> Quick => Standard.Where(c => c.Numel <= 300_000).Take(1);
 
     /// <summary>

@@ -27,12 +27,12 @@ internal static class Interleaved
     /// <summary>Groups of the fixed-cost case (1, 32, 1, 1), the same as <see cref="OverheadBenchmarks.Groups"/>.</summary>
     private const long Groups = OverheadBenchmarks.Groups;
 
-    /// <summary>Runs one suite: default (isolation, in-network, fixed cost), activation or half; 2 for an unknown suite.</summary>
+    /// <summary>Runs one suite: default (isolation, in-network, fixed cost), activation, half or residual; 2 for an unknown suite.</summary>
     public static int Run(string suite, int rounds, TextWriter console)
     {
-        if (suite is not ("default" or "activation" or "half"))
+        if (suite is not ("default" or "activation" or "half" or "residual"))
         {
-            console.WriteLine($"Unknown suite '{suite}': default, activation or half.");
+            console.WriteLine($"Unknown suite '{suite}': default, activation, half or residual.");
             return 2;
         }
         console.WriteLine($"Interleaved comparison ({suite}), {rounds} rounds of alternating blocks (≥ {BlockMilliseconds} ms each); threads: {ParallelFor.Description}, libtorch threads {torch.get_num_threads()}.");
@@ -44,6 +44,9 @@ internal static class Interleaved
                 break;
             case "half":
                 Isolation(rounds, console, new[] { ScalarType.Float16, ScalarType.BFloat16 }, new[] { Layout.Nchw }, Program.Cases(BenchCase.Half), perDType: true);
+                break;
+            case "residual":
+                Residual(rounds, console);
                 break;
             default:
                 Isolation(rounds, console, new[] { ScalarType.Float32, ScalarType.Float64 }, new[] { Layout.Nchw, Layout.ChannelsLast },
@@ -145,11 +148,68 @@ internal static class Interleaved
         console.WriteLine();
     }
 
+    /// <summary>
+    /// act(GroupNorm(x) + r) with ReLU, a ResNet block's norm2 → add → ReLU, fused in one call, against the
+    /// built-in group_norm then add_ and relu_ in place (as the sample's unfused block writes it), with ours
+    /// unfused (our group_norm, then the same add_ and relu_) as a third side. Backward asks for x's, γ's, β's
+    /// and r's gradients. Minor page faults per call follow each side's time.
+    /// </summary>
+    private static void Residual(int rounds, TextWriter console)
+    {
+        console.WriteLine("| shape/G | layout | pass | built-in GN, add_, relu_ µs | ours fused µs | ratio | ours GN, add_, relu_ µs | ratio | faults/call built-in, fused, unfused |");
+        console.WriteLine("|---|---|---|---:|---:|---:|---:|---:|---|");
+        var ratios = new Dictionary<(Layout, string), List<double>>();
+        foreach (var c in Program.Cases(BenchCase.Residual))
+        {
+            foreach (var layout in new[] { Layout.Nchw, Layout.ChannelsLast })
+            {
+                using var inputs = new Inputs(c, ScalarType.Float32, layout);
+                torch.manual_seed(43);
+                using var r = Inputs.InLayout(torch.randn(c.Shape), layout);
+                using var rGrad = r.detach().requires_grad_();
+                var wrt = new[] { inputs.XGrad, inputs.Weight, inputs.Bias, rGrad };
+                Tensor Builtin(Tensor x, Tensor res) => torch.nn.functional.group_norm(x, c.G, inputs.Weight, inputs.Bias).add_(res).relu_();
+                Tensor Fused(Tensor x, Tensor res) => Functional.group_norm(x, c.G, inputs.Weight, inputs.Bias, activation: Activation.ReLU, residual: res);
+                Tensor Unfused(Tensor x, Tensor res) => Functional.group_norm(x, c.G, inputs.Weight, inputs.Bias).add_(res).relu_();
+                foreach (var (pass, run) in new (string, Action<Func<Tensor, Tensor, Tensor>>)[]
+                {
+                    ("fwd", f => { using var s = torch.NewDisposeScope(); using var g = torch.no_grad(); f(inputs.X, r); }),
+                    ("fwd graph", f => { using var s = torch.NewDisposeScope(); f(inputs.XGrad, rGrad); }),
+                    ("fwd+bwd", f => { using var s = torch.NewDisposeScope(); torch.autograd.grad(new[] { f(inputs.XGrad, rGrad) }, wrt, new[] { inputs.Dy }); }),
+                })
+                {
+                    var sides = new Action[] { () => run(Builtin), () => run(Fused), () => run(Unfused) };
+                    var t = CompareSides(rounds, sides);
+                    int calls = CallsPerBlock(sides[0]);
+                    var faults = sides.Select(side => PageFaults.PerCall(side, calls)).ToArray();
+                    if (!ratios.TryGetValue((layout, pass), out var list)) ratios[(layout, pass)] = list = new List<double>();
+                    list.Add(t.Ratios[1]);
+                    console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"| {c} | {Name(layout)} | {pass} | {t.Medians[0]:0.0} | {t.Medians[1]:0.0} | {t.Ratios[1]:0.00}× | {t.Medians[2]:0.0} | {t.Ratios[2]:0.00}× | {string.Join(", ", faults.Select(f => f.ToString("0", CultureInfo.InvariantCulture)))} |"));
+                }
+            }
+        }
+        console.WriteLine();
+        if (ratios.Count == 0) console.WriteLine("No shape left after --shape/--max-numel.");
+        foreach (var pass in new[] { "fwd", "fwd graph", "fwd+bwd" })
+        {
+            var all = ratios.Where(e => e.Key.Item2 == pass).SelectMany(e => e.Value).ToList();
+            if (all.Count == 0) continue;
+            var perLayout = ratios.Where(e => e.Key.Item2 == pass).Select(e => string.Create(CultureInfo.InvariantCulture, $"{Name(e.Key.Item1)} median {Median(e.Value):0.00}×, worst {e.Value.Max():0.00}×"));
+            console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"GN+add+ReLU {pass}, fused over the built-in's three ops: median {Median(all):0.00}×, worst {all.Max():0.00}× ({all.Count} rows; {string.Join("; ", perLayout)})."));
+        }
+        console.WriteLine();
+    }
+
     private static void Network(bool quick, int rounds, TextWriter console)
     {
-        console.WriteLine("| block | layout | pass | conv only µs | built-in block µs | ours block µs | ratio | built-in GN+ReLU µs | ours GN+ReLU µs | ratio |");
-        console.WriteLine("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        console.WriteLine("| block | layout | pass | conv only µs | built-in block µs | ours block µs | ratio | ours fused block µs | ratio | built-in GN+ReLU µs | ours GN+ReLU µs | ratio | ours fused GN+ReLU µs | ratio | faults/call built-in, ours, fused |");
+        console.WriteLine("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         var ratios = new List<double>();
+        var fusedRatios = new List<double>();
+        var partForward = new List<double>();
+        var fusedPartForward = new List<double>();
         foreach (var layout in new[] { Layout.Nchw, Layout.ChannelsLast })
         {
             foreach (var c in quick ? NetworkCase.Quick : NetworkCase.Standard)
@@ -163,6 +223,7 @@ internal static class Interleaved
                 var parameters = new[] { conv.weight!, w, bias };
                 Tensor Builtin(Tensor h) => torch.nn.functional.relu(torch.nn.functional.group_norm(h, c.G, w, bias));
                 Tensor Ours(Tensor h) => torch.nn.functional.relu(Functional.group_norm(h, c.G, w, bias));
+                Tensor OursFused(Tensor h) => Functional.group_norm(h, c.G, w, bias, activation: Activation.ReLU);
                 void Forward(Func<Tensor, Tensor> norm)
                 {
                     using var s = torch.NewDisposeScope();
@@ -179,21 +240,34 @@ internal static class Interleaved
                     using var s = torch.NewDisposeScope();
                     torch.autograd.grad(new[] { conv.forward(x) }, new[] { conv.weight! }, new[] { dy });
                 }
-                foreach (var (pass, builtin, ours, floor) in new (string, Action, Action, Action)[]
+                foreach (var (pass, builtin, ours, fused, floor) in new (string, Action, Action, Action, Action)[]
                 {
-                    ("fwd", () => Forward(Builtin), () => Forward(Ours), () => Forward(h => h)),
-                    ("fwd+bwd", () => ForwardBackward(Builtin), () => ForwardBackward(Ours), ConvBackward),
+                    ("fwd", () => Forward(Builtin), () => Forward(Ours), () => Forward(OursFused), () => Forward(h => h)),
+                    ("fwd+bwd", () => ForwardBackward(Builtin), () => ForwardBackward(Ours), () => ForwardBackward(OursFused), ConvBackward),
                 })
                 {
-                    var r = Compare(rounds, builtin, ours, floor);
-                    ratios.Add(r.Ratio);
+                    // The floor takes its turn with the others, so that drift lands on it alike.
+                    var t = CompareSides(rounds, builtin, ours, fused, floor);
+                    double b = t.Medians[0], o = t.Medians[1], f = t.Medians[2], fl = t.Medians[3];
+                    int calls = CallsPerBlock(builtin);
+                    var faults = new[] { builtin, ours, fused }.Select(side => PageFaults.PerCall(side, calls)).ToArray();
+                    ratios.Add(t.Ratios[1]);
+                    fusedRatios.Add(t.Ratios[2]);
+                    if (pass == "fwd")
+                    {
+                        partForward.Add((o - fl) / (b - fl));
+                        fusedPartForward.Add((f - fl) / (b - fl));
+                    }
                     console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"| {c} | {Name(layout)} | {pass} | {r.Floor:0} | {r.Builtin:0} | {r.Ours:0} | {r.Ratio:0.00}× | {r.Builtin - r.Floor:0} | {r.Ours - r.Floor:0} | {(r.Ours - r.Floor) / (r.Builtin - r.Floor):0.00}× |"));
+                        $"| {c} | {Name(layout)} | {pass} | {fl:0} | {b:0} | {o:0} | {t.Ratios[1]:0.00}× | {f:0} | {t.Ratios[2]:0.00}× | {b - fl:0} | {o - fl:0} | {(o - fl) / (b - fl):0.00}× | {f - fl:0} | {(f - fl) / (b - fl):0.00}× | {string.Join(", ", faults.Select(x => x.ToString("0", CultureInfo.InvariantCulture)))} |"));
                 }
             }
         }
         console.WriteLine();
-        console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"Block time, ours over the built-in's: median {Median(ratios):0.00}×, worst {ratios.Max():0.00}× ({ratios.Count} rows)."));
+        console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"Block time over the built-in's: ours median {Median(ratios):0.00}×, worst {ratios.Max():0.00}×; ours fused median {Median(fusedRatios):0.00}×, worst {fusedRatios.Max():0.00}× ({ratios.Count} rows)."));
+        console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"GroupNorm+ReLU after the convolution, forward (block minus conv): ours worst {partForward.Max():0.00}×, median {Median(partForward):0.00}×; ours fused worst {fusedPartForward.Max():0.00}×, median {Median(fusedPartForward):0.00}×."));
         console.WriteLine();
     }
 

@@ -19,7 +19,8 @@ namespace GroupNormalization.Benchmarks;
 ///   --warm-allocator  glibc keeps freed memory (see GlibcAllocator.KeepFreedMemory), so that page faults
 ///               from the heap state earlier benchmarks left do not land on one side of a comparison
 ///   --suite S   with --interleaved: default (isolation, in-network, fixed cost), activation (fused GN+SiLU and
-///               GN+ReLU against group_norm then silu/relu, float32) or half (float16 and bfloat16)
+///               GN+ReLU against group_norm then silu/relu, float32), half (float16 and bfloat16) or residual
+///               (fused GN+add+ReLU against group_norm, add_, relu_)
 ///   --rounds N  with --interleaved: rounds per comparison (default 15, 2 with --quick)
 ///   --shape S   only the BenchCase shapes whose name (e.g. 2x320x64x64/G32) contains S; repeatable. Applies to
 ///               the interleaved isolation, activation and half suites and to the GroupNorm, FusedActivation and
