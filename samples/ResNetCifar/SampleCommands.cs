@@ -53,6 +53,7 @@ internal sealed class SampleCommands
     private readonly Option<string> _out = new("--out") { Description = "parent folder of the study's folders (study, study-quick, sweep, sweep-quick)", DefaultValueFactory = _ => "results" };
     private readonly Option<int> _rounds = new("--rounds") { Description = "alternating rounds", DefaultValueFactory = _ => 6 };
     private readonly Option<int> _steps = new("--steps") { Description = "training steps per model per round", DefaultValueFactory = _ => 50 };
+    private readonly Option<bool> _bound = new("--bound") { Description = "also train the network with no norm at all (identity layers): the most any GroupNorm could gain" };
     private readonly Option<string?> _summary = new("--summary") { Description = "also append the result table's rows (markdown) to this file, labelled with the glibc allocator setting" };
 
     public RootCommand Build()
@@ -72,6 +73,7 @@ internal sealed class SampleCommands
         throughput.Options.Add(_rounds);
         throughput.Options.Add(_steps);
         throughput.Options.Add(_summary);
+        throughput.Options.Add(_bound);
         throughput.SetAction(result => Guard(() => RunThroughput(result)));
         root.Subcommands.Add(throughput);
         return root;
@@ -264,7 +266,7 @@ internal sealed class SampleCommands
         var steps = Positive(r.GetValue(_steps), "--steps");
         display.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"Throughput: {settings.Model}{(settings.Model == ModelFactory.CifarResNetName ? $"-{settings.Depth}" : "")}, batch {settings.BatchSize}, {(settings.ChannelsLast ? "channels_last" : "NCHW")}, {torch.get_num_threads()} threads"));
-        var result = ThroughputComparison.Run(settings, data.Train, rounds, steps, display);
+        var result = ThroughputComparison.Run(settings, data.Train, rounds, steps, display, r.GetValue(_bound));
         var allocator = AllocatorSetting();
         var rows = result.Contestants.Select(c => string.Create(CultureInfo.InvariantCulture,
             $"| {allocator} | {(settings.ChannelsLast ? "channels_last" : "NCHW")} | {c.Name} | {c.ImagesPerSecond:F1} | {c.RatioToBuiltin:F3} | {(c.FaultsPerStep is double f ? f.ToString("F0", CultureInfo.InvariantCulture) : "n/a")} |")).ToList();

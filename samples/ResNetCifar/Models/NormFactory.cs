@@ -43,6 +43,7 @@ internal sealed class NormFactory(NormKind kind, long groups = 8, long? channels
         NormKind.Bn when BatchNormSlice is int slice => new GhostBatchNorm2d(channels, slice),
         NormKind.Bn => nn.BatchNorm2d(channels),
         NormKind.GnBuiltin => CreateBuiltin(channels),
+        NormKind.None => nn.Identity(),
         _ => throw new InvalidOperationException($"Unknown norm {Kind}."),
     };
 
@@ -60,6 +61,7 @@ internal sealed class NormFactory(NormKind kind, long groups = 8, long? channels
             case TorchSharp.Modules.GroupNorm builtin: builtin.weight.zero_(); break;
             case BatchNorm bn: bn.weight.zero_(); break;
             case GhostBatchNorm2d ghost: ghost.Weight.zero_(); break;
+            case TorchSharp.Modules.Identity: break;
             default: throw new ArgumentException($"Cannot zero the scale of {norm.GetType().Name}.", nameof(norm));
         }
     }

@@ -11,4 +11,10 @@ internal enum NormKind
 
     /// <summary>TorchSharp's built-in nn.GroupNorm, for comparison.</summary>
     GnBuiltin,
+
+    /// <summary>
+    /// No normalization (an identity in each norm's place): not a network to train, but the throughput
+    /// comparison's bound on what any GroupNorm could gain.
+    /// </summary>
+    None,
 }
