@@ -30,11 +30,12 @@ public sealed class RecycledMemoryTests
     {
         using var scope = torch.NewDisposeScope();
         torch.manual_seed(2);
-        var shape = new long[] { 2, 8, 6, 6 };
+        // 32 KiB in float32: recycled (RecycledMemory.SmallestRecycledBytes).
+        var shape = new long[] { 2, 16, 16, 16 };
         var x = TestTensors.Input(shape, layout, ScalarType.Float32, torch.CPU);
         var r = torch.randn(shape);
         var dy = torch.randn(shape);
-        var (w, b) = TestTensors.Parameters(Affine.Both, 8, ScalarType.Float32, torch.CPU);
+        var (w, b) = TestTensors.Parameters(Affine.Both, 16, ScalarType.Float32, torch.CPU);
 
         var xo = x.detach().requires_grad_();
         var ours = Functional.group_norm(xo, 4, w, b).add_(r).relu_();
@@ -63,12 +64,25 @@ public sealed class RecycledMemoryTests
         long afterFirst = Memory.cached_bytes;
         Step(layout);
         long afterSecond = Memory.cached_bytes;
-        // y of (4, 16, 8, 8) float32, 16 KiB; dx's handle is held until the next call (ReturnedGradients), and
+        // y of (4, 32, 8, 8) float32, 32 KiB; dx's handle is held until the next call (ReturnedGradients), and
         // its block comes back then, in time for the second step to reuse it.
-        Assert.That(afterFirst, Is.GreaterThanOrEqualTo(4 * 16 * 8 * 8 * sizeof(float)), "blocks came back when the step's tensors died");
+        Assert.That(afterFirst, Is.GreaterThanOrEqualTo(4 * 32 * 8 * 8 * sizeof(float)), "blocks came back when the step's tensors died");
         Assert.That(afterSecond, Is.EqualTo(afterFirst), "the second step reused the first step's blocks");
         Memory.empty_cache();
         Assert.That(Memory.cached_bytes, Is.Zero, "empty_cache frees every idle block");
+    }
+
+    /// <summary>Outputs below <c>RecycledMemory.SmallestRecycledBytes</c> (16 KiB) come from libtorch's allocator.</summary>
+    [Test]
+    public void SmallOutputsAreNotRecycled()
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = torch.randn(2, 8, 4, 4);
+        // The first call releases gradients an earlier test's backward left held (ReturnedGradients).
+        Functional.group_norm(x, 4).Dispose();
+        Memory.empty_cache();
+        Functional.group_norm(x, 4).Dispose();
+        Assert.That(Memory.cached_bytes, Is.Zero);
     }
 
     [Test]
@@ -84,7 +98,7 @@ public sealed class RecycledMemoryTests
     {
         using var scope = torch.NewDisposeScope();
         torch.manual_seed(4);
-        var shape = new long[] { 4, 16, 8, 8 };
+        var shape = new long[] { 4, 32, 8, 8 };
         var x = TestTensors.Input(shape, layout, ScalarType.Float32, torch.CPU).requires_grad_();
         var y = Functional.group_norm(x, 4, activation: Activation.SiLU);
         torch.autograd.grad(new[] { y }, new[] { x }, new[] { torch.randn(shape) });

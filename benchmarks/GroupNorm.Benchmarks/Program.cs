@@ -18,6 +18,7 @@ namespace GroupNormalization.Benchmarks;
 ///               isolation, in-network (Conv2d → GroupNorm → ReLU) and fixed cost
 ///   --warm-allocator  glibc keeps freed memory (see GlibcAllocator.KeepFreedMemory), so that page faults
 ///               from the heap state earlier benchmarks left do not land on one side of a comparison
+///   --no-recycle  our outputs from libtorch's allocator (Memory.recycle_outputs = false), to measure what recycling does
 ///   --suite S   with --interleaved: default (isolation, in-network, fixed cost), activation (fused GN+SiLU and
 ///               GN+ReLU against group_norm then silu/relu, float32), half (float16 and bfloat16) or residual
 ///               (fused GN+add+ReLU against group_norm, add_, relu_)
@@ -74,6 +75,7 @@ public static class Program
         }
         if (rest.Remove("--memory")) return PeakMemory.Run(Quick, Console.Out);
         bool warm = rest.Remove("--warm-allocator");
+        if (rest.Remove("--no-recycle")) Memory.recycle_outputs = false;
         if (warm)
         {
             bool kept = GlibcAllocator.KeepFreedMemory();
