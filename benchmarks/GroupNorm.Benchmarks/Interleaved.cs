@@ -181,7 +181,7 @@ internal static class Interleaved
                     var sides = new Action[] { () => run(Builtin), () => run(Fused), () => run(Unfused) };
                     var t = CompareSides(rounds, sides);
                     int calls = CallsPerBlock(sides[0]);
-                    var faults = sides.Select(side => PageFaults.PerCall(side, calls)).ToArray();
+                    var faults = sides.Select(side => FaultsPerCall(side, calls)).ToArray();
                     if (!ratios.TryGetValue((layout, pass), out var list)) ratios[(layout, pass)] = list = new List<double>();
                     list.Add(t.Ratios[1]);
                     console.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -250,7 +250,7 @@ internal static class Interleaved
                     var t = CompareSides(rounds, builtin, ours, fused, floor);
                     double b = t.Medians[0], o = t.Medians[1], f = t.Medians[2], fl = t.Medians[3];
                     int calls = CallsPerBlock(builtin);
-                    var faults = new[] { builtin, ours, fused }.Select(side => PageFaults.PerCall(side, calls)).ToArray();
+                    var faults = new[] { builtin, ours, fused }.Select(side => FaultsPerCall(side, calls)).ToArray();
                     ratios.Add(t.Ratios[1]);
                     fusedRatios.Add(t.Ratios[2]);
                     if (pass == "fwd")
@@ -374,6 +374,15 @@ internal static class Interleaved
             }
         }
         return new SideComparison(times.Select(Median).ToArray(), ratios.Select(Median).ToArray());
+    }
+
+    /// <summary>Minor page faults per call of <paramref name="action"/> over <paramref name="calls"/> calls, or NaN where not measurable.</summary>
+    private static double FaultsPerCall(Action action, int calls)
+    {
+        long? before = ResNetCifar.Throughput.PageFaults.MinorFaults();
+        for (int i = 0; i < calls; i++) action();
+        long? after = ResNetCifar.Throughput.PageFaults.MinorFaults();
+        return before is long b && after is long a ? (double)(a - b) / calls : double.NaN;
     }
 
     private static int CallsPerBlock(Action action)

@@ -47,6 +47,22 @@ internal static unsafe class ChannelsFirstKernel
         static double Shift(T hi, T lo) => double.CreateTruncating(hi) + double.CreateTruncating(lo);
     }
 
+    /// <summary>
+    /// Whether elements [start, end) of a row are whole planes of whole vector pairs, up to
+    /// <see cref="SmallPlane"/> elements each and no more of them than fit on the stack: the rows that forward
+    /// and backward's dx run as one loop per row.
+    /// </summary>
+    private static bool WholeSmallPlanes<T>(long plane, long start, long end) where T : unmanaged =>
+        Vector.IsHardwareAccelerated && plane % (2 * Vector<T>.Count) == 0 && plane <= SmallPlane
+        && start % plane == 0 && end % plane == 0 && (end - start) / plane <= MaxStackPlanes;
+
+    /// <summary>scale[k] and shift[k] (the pre-activation's, <see cref="GroupConstants{T}.Channel"/>) of <paramref name="planes"/> channels from c0 on.</summary>
+    private static void PlaneCoefficients<T>(in GroupConstants<T> group, long c0, long planes, T* scale, T* shift)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        for (long k = 0; k < planes; k++) (scale[k], shift[k]) = group.Channel(c0 + k);
+    }
+
     internal struct ForwardJob<TE, TS, T, TA, TR> : IForwardJob<ForwardJob<TE, TS, T, TA, TR>>
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T>
         where TA : struct, IActivation where TR : struct, IResidual
@@ -93,14 +109,13 @@ internal static unsafe class ChannelsFirstKernel
             long g = r % S.G, plane = S.S;
             TS* xr = O.X + r * Plan.RowLength, yr = O.Y + r * Plan.RowLength, rr = O.Residual + r * Plan.RowLength;
             var group = new GroupConstants<T>(O.Mean[r], O.Rstd[r], O.Weight, O.Bias);
-            long planes = (end - start) / plane;
-            if (Vector.IsHardwareAccelerated && plane % (2 * Vector<T>.Count) == 0 && plane <= SmallPlane
-                && start % plane == 0 && end % plane == 0 && planes <= MaxStackPlanes)
+            if (WholeSmallPlanes<T>(plane, start, end))
             {
                 // Small planes in one loop (see ContiguousLoops.NormalizePlanes), their constants first.
+                long planes = (end - start) / plane;
                 T* scale = stackalloc T[(int)planes];
                 T* shift = stackalloc T[(int)planes];
-                for (long k = 0; k < planes; k++) (scale[k], shift[k]) = group.Channel(g * S.D + start / plane + k);
+                PlaneCoefficients(group, g * S.D + start / plane, planes, scale, shift);
                 ContiguousLoops.NormalizePlanes<TE, TS, T, TA, TR>(xr + start, rr + start, yr + start, planes, plane, group.Hi, scale, shift);
                 return;
             }
@@ -180,14 +195,13 @@ internal static unsafe class ChannelsFirstKernel
 
             TS* xr = O.X + r * Plan.RowLength, gr = O.Dy + r * Plan.RowLength, dr = O.Dx + r * Plan.RowLength;
             TS* rr = O.Residual + r * Plan.RowLength, zr = O.DzStash<TA>() + r * Plan.RowLength;
-            long planes = (end - start) / plane;
-            if (Vector.IsHardwareAccelerated && plane % (2 * Vector<T>.Count) == 0 && plane <= SmallPlane
-                && start % plane == 0 && end % plane == 0 && planes <= MaxStackPlanes)
+            if (WholeSmallPlanes<T>(plane, start, end))
             {
-                // Small planes in one loop, their constants first (as the forward's ApplyScaleBias).
+                // Small planes in one loop (ContiguousLoops.InputGradientPlanes), their constants first.
+                long planes = (end - start) / plane;
                 T* scale = stackalloc T[(int)planes];
                 T* shift = stackalloc T[(int)planes];
-                for (long p = 0; p < planes; p++) (scale[p], shift[p]) = group.Channel(g * S.D + start / plane + p);
+                PlaneCoefficients(group, g * S.D + start / plane, planes, scale, shift);
                 if (GradientStash.Used<TS, T, TA>())
                     ContiguousLoops.InputGradientPlanes<TE, TS, T, Identity, NoResidual>(xr + start, null, zr + start, dr + start, planes, plane, group.Hi, scale, b, k, shift);
                 else

@@ -31,18 +31,7 @@ public sealed class FusedBlockTests
 
         // Random γ and β, so that the zero-initialised norm2 of each block does not hide the fused add.
         var generator = new Generator(11);
-        using (torch.no_grad())
-        {
-            foreach (var (f, p) in fusedNorms.Zip(plain.modules().OfType<GroupNorm>()))
-            {
-                var weight = torch.rand(f.weight!.shape, generator: generator) + 0.5;
-                var bias = torch.randn(f.bias!.shape, generator: generator) * 0.1;
-                f.weight!.copy_(weight);
-                p.weight!.copy_(weight);
-                f.bias!.copy_(bias);
-                p.bias!.copy_(bias);
-            }
-        }
+        TwinNorms.Randomize(fusedNorms.Zip(plain.modules().OfType<GroupNorm>()), generator);
         var x = torch.randn(new long[] { 4, 3, 16, 16 }, generator: generator);
         x = ResNetCifar.Training.MemoryFormat.Apply(x, channelsLast);
         ResNetCifar.Training.MemoryFormat.ConvertWeights(fused, channelsLast);

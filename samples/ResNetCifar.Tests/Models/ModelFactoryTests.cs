@@ -42,19 +42,7 @@ public sealed class ModelFactoryTests
         });
 
         var generator = new Generator(5);
-        using (torch.no_grad())
-        {
-            foreach (var ((_, b), (_, c)) in builtNorms.Zip(convertedNorms))
-            {
-                var (gb, gc) = ((GroupNorm)b, (GroupNorm)c);
-                var weight = torch.rand(gb.weight!.shape, generator: generator) + 0.5;
-                var bias = torch.randn(gb.bias!.shape, generator: generator) * 0.1;
-                gb.weight!.copy_(weight);
-                gc.weight!.copy_(weight);
-                gb.bias!.copy_(bias);
-                gc.bias!.copy_(bias);
-            }
-        }
+        TwinNorms.Randomize(builtNorms.Zip(convertedNorms).Select(p => ((GroupNorm)p.First.module, (GroupNorm)p.Second.module)), generator);
         var x = torch.randn(new long[] { 2, 1, 32, 32 }, generator: generator);
         using var noGrad = torch.no_grad();
         var expected = built.call(x);
