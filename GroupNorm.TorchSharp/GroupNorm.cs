@@ -108,11 +108,7 @@ public sealed class GroupNorm : torch.nn.Module<Tensor, Tensor>
 
     /// <summary>Normalizes <paramref name="input"/> of shape (N, num_channels, *), then applies <see cref="activation"/>.</summary>
     /// <exception cref="System.ArgumentException">The input is malformed; the message names it and its value.</exception>
-    public override Tensor forward(Tensor input)
-    {
-        var shape = GroupNormArguments.Validate(input, num_groups, _weight, _bias, _eps, num_channels);
-        return GroupNormFunction.Apply(input, _weight, _bias, null, shape, _eps, activation);
-    }
+    public override Tensor forward(Tensor input) => forward(input, null);
 
     /// <summary>
     /// act(GroupNorm(<paramref name="input"/>) + <paramref name="residual"/>) in one pass: a ResNet block's

@@ -35,8 +35,9 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
     /// <summary>What forward decided and backward needs, besides the saved tensors.</summary>
     private sealed class Settings
     {
-        public Settings(GroupNormShape shape, double eps, Activation activation, IGroupNormKernel kernel, GradientRequest need)
+        public Settings(GroupNormShape shape, double eps, Activation activation, IGroupNormKernel kernel, GradientRequest need, bool hasResidual)
         {
+            HasResidual = hasResidual;
             Shape = shape;
             Eps = eps;
             Activation = activation;
@@ -60,8 +61,8 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         /// <summary>Set by forward: the dtype of γ's and β's gradients (β itself is not saved without an activation).</summary>
         public ScalarType ParameterType { get; set; }
 
-        /// <summary>Set by forward: whether a residual was added (saved only with an activation).</summary>
-        public bool HasResidual { get; set; }
+        /// <summary>Whether a residual is added (saved only with an activation).</summary>
+        public bool HasResidual { get; }
     }
 
     // TorchSharp wraps forward's outputs in new handles and saves tensors after forward returns, so the
@@ -96,7 +97,7 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         KernelOverride.Current?.Record(ForwardRoute.Graph);
         try
         {
-            return apply(input, weight, bias, residual, new Settings(shape, eps, activation, kernel, need));
+            return apply(input, weight, bias, residual, new Settings(shape, eps, activation, kernel, need, residual is not null));
         }
         finally
         {
@@ -114,7 +115,6 @@ internal sealed class GroupNormFunction : autograd.SingleTensorFunction<GroupNor
         var bias = vars[2] as Tensor;
         var residual = vars[3] as Tensor;
         var settings = (Settings)vars[4];
-        settings.HasResidual = residual is not null;
 
         var epilogue = Epilogue.Of(x, weight, bias, residual, settings.Activation);
         settings.ParameterType = epilogue.ParameterType;

@@ -29,9 +29,7 @@ internal sealed class DeviceGenericKernel : IGroupNormKernel
     {
         using var scope = torch.NewDisposeScope();
         var arithmetic = DTypeRules.Arithmetic(x.dtype);
-        var grouped = x.reshape(s.N, s.G, s.D, s.S);
-        if (grouped.dtype != arithmetic) grouped = grouped.to(arithmetic);
-        var (mean, rstd) = TensorFormulas.Moments(grouped, eps);
+        var (mean, rstd) = TensorFormulas.Moments(TensorFormulas.Grouped(x, s, arithmetic), eps);
 
         // Per-(n, c) coefficients against x itself, (N, C, 1, …), so that y keeps x's layout; a half x is
         // promoted to the arithmetic type by the subtraction.

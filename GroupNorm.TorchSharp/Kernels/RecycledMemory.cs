@@ -65,27 +65,21 @@ internal static unsafe class RecycledMemory
     /// </summary>
     public static Tensor Empty(Tensor like, ChannelLayout layout)
     {
+        long bytes = like.NumberOfElements * like.element_size();
         // The callers' tensors are already dense in the layout, which empty_like keeps.
-        if (!Enabled || !TorchSharpInternals.TensorOverAvailable || like.NumberOfElements * like.element_size() < SmallestRecycledBytes)
-            return torch.empty_like(like);
+        if (!Enabled || !TorchSharpInternals.TensorOverAvailable || bytes < SmallestRecycledBytes) return torch.empty_like(like);
         int rank = (int)like.ndim;
+        bool channelsLast = layout == ChannelLayout.ChannelsLast && rank >= 3;
+        // Channels-last memory is a row-major (N, *spatial, C) block seen through a permutation.
+        var (toLast, back) = channelsLast ? TensorMemory.ChannelsLastOrder(rank) : default;
         Span<long> physical = stackalloc long[rank];
-        long elements = 1;
-        for (int i = 0; i < rank; i++)
-        {
-            // Channels-last memory is a row-major (N, *spatial, C) block seen through a permutation.
-            int from = layout == ChannelLayout.ChannelsLast && rank >= 3 ? (i == 0 ? 0 : i == rank - 1 ? 1 : i + 1) : i;
-            physical[i] = like.size(from);
-            elements *= physical[i];
-        }
-        long bytes = elements * like.element_size();
-        var block = Rent(bytes);
-        var dense = TorchSharpInternals.TensorOver(block, physical, like.dtype, &Return);
-        if (layout == ChannelLayout.ChannelsFirst || rank < 3) return dense;
+        for (int i = 0; i < rank; i++) physical[i] = like.size(channelsLast ? (int)toLast![i] : i);
+        var dense = TorchSharpInternals.TensorOver(Rent(bytes), physical, like.dtype, &Return);
+        if (!channelsLast) return dense;
         // Detached, so that autograd does not see a view made inside our Function: it would refuse the
         // in-place ops (relu_, add_) that follow a norm in most networks.
         using (dense)
-        using (var permuted = dense.permute(BackToLogical(rank)))
+        using (var permuted = dense.permute(back!))
             return permuted.detach();
     }
 
@@ -134,15 +128,5 @@ internal static unsafe class RecycledMemory
             }
         }
         NativeMemory.AlignedFree(block);
-    }
-
-    /// <summary>The permutation from (N, *spatial, C) back to (N, C, *spatial).</summary>
-    private static long[] BackToLogical(int rank)
-    {
-        var back = new long[rank];
-        back[0] = 0;
-        back[1] = rank - 1;
-        for (int i = 2; i < rank; i++) back[i] = i - 1;
-        return back;
     }
 }

@@ -90,15 +90,24 @@ internal static unsafe class TensorMemory
     {
         if (layout == ChannelLayout.ChannelsFirst) return t.contiguous();
 
-        int rank = (int)t.ndim;
+        var (toLast, back) = ChannelsLastOrder((int)t.ndim);
+        using var permuted = t.permute(toLast);
+        using var dense = permuted.contiguous();
+        return dense.permute(back);
+    }
+
+    /// <summary>
+    /// The permutation that takes (N, C, *spatial) to channels-last memory order, (N, *spatial, C), and the
+    /// one that takes it back: toLast[i] is the logical dimension at physical position i.
+    /// </summary>
+    public static (long[] ToLast, long[] Back) ChannelsLastOrder(int rank)
+    {
         var toLast = new long[rank];
         var back = new long[rank];
         toLast[0] = 0;
         for (int i = 2; i < rank; i++) toLast[i - 1] = i;
         toLast[rank - 1] = 1;
         for (int i = 0; i < rank; i++) back[toLast[i]] = i;
-        using var permuted = t.permute(toLast);
-        using var dense = permuted.contiguous();
-        return dense.permute(back);
+        return (toLast, back);
     }
 }

@@ -302,51 +302,22 @@ internal static class Interleaved
     private static void Gradients(Tensor y, Inputs inputs) =>
         torch.autograd.grad(new[] { y }, new[] { inputs.XGrad, inputs.Weight, inputs.Bias }, new[] { inputs.Dy });
 
-    private readonly record struct Comparison(double Builtin, double Ours, double Ratio, double Floor);
+    private readonly record struct Comparison(double Builtin, double Ours, double Ratio);
 
-    /// <summary>Median µs per call of each side (and of an optional floor), and the median of the per-round ratios.</summary>
-    private static Comparison Compare(int rounds, Action builtin, Action ours, Action? floor = null)
+    /// <summary>Median µs per call of each side and the median of the per-round ratios: <see cref="CompareSides"/> for two.</summary>
+    private static Comparison Compare(int rounds, Action builtin, Action ours)
     {
-        // Warm-up: JIT, libtorch's kernel caches, the allocator's free lists.
-        for (int i = 0; i < 3; i++)
-        {
-            builtin();
-            ours();
-            floor?.Invoke();
-        }
-        int calls = CallsPerBlock(builtin);
-        var b = new List<double>();
-        var o = new List<double>();
-        var f = new List<double>();
-        var ratios = new List<double>();
-        for (int round = 0; round < rounds; round++)
-        {
-            // Who goes first alternates, so that neither side always inherits the other's heap state.
-            double tb, to;
-            if (round % 2 == 0)
-            {
-                tb = Block(builtin, calls);
-                to = Block(ours, calls);
-            }
-            else
-            {
-                to = Block(ours, calls);
-                tb = Block(builtin, calls);
-            }
-            b.Add(tb);
-            o.Add(to);
-            ratios.Add(to / tb);
-            if (floor is not null) f.Add(Block(floor, calls));
-        }
-        return new Comparison(Median(b), Median(o), Median(ratios), f.Count > 0 ? Median(f) : double.NaN);
+        var t = CompareSides(rounds, builtin, ours);
+        return new Comparison(t.Medians[0], t.Medians[1], t.Ratios[1]);
     }
 
     private sealed record SideComparison(double[] Medians, double[] Ratios);
 
     /// <summary>
-    /// Like <see cref="Compare"/> for any number of sides: the median µs per call of each, and the median of each
-    /// side's per-round ratio to the first. Every side gets its turn at every position, in both directions, so
-    /// that none always runs on the heap and caches one particular other side left.
+    /// Any number of sides in alternating blocks after a warm-up (JIT, libtorch's kernel caches, the allocator's
+    /// free lists): the median µs per call of each, and the median of each side's per-round ratio to the first.
+    /// Every side gets its turn at every position, in both directions, so that none always runs on the heap and
+    /// caches one particular other side left.
     /// </summary>
     private static SideComparison CompareSides(int rounds, params Action[] sides)
     {

@@ -50,17 +50,19 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
         saved = keepStatistics ? Statistics.OnHost(shape) : default;
         Span<double> stack = !keepStatistics && shape.Rows <= StackRows ? stackalloc double[(int)length] : default;
         using var scratch = !keepStatistics && shape.Rows > StackRows ? new Scratch(length * sizeof(double)) : default;
-        var layout = TensorMemory.DenseLayout(x);
-        using var denseCopy = layout is null ? x.contiguous() : null;
+        // A non-dense input is copied once, row-major.
+        var xLayout = TensorMemory.DenseLayout(x);
+        var layout = xLayout ?? ChannelLayout.ChannelsFirst;
+        using var denseCopy = xLayout is null ? x.contiguous() : null;
         var src = denseCopy ?? x;
-        using var residualCopy = epilogue.Residual is { } residual ? TensorMemory.CopyUnlessIn(residual, layout ?? ChannelLayout.ChannelsFirst) : null;
+        using var residualCopy = epilogue.Residual is { } residual ? TensorMemory.CopyUnlessIn(residual, layout) : null;
         var res = residualCopy ?? epilogue.Residual;
         var arithmetic = DTypeRules.Arithmetic(x.dtype);
         var w = ParameterIn(epilogue.Weight, arithmetic);
         var b = ParameterIn(epilogue.Bias, arithmetic);
         try
         {
-            var y = RecycledMemory.Empty(src, layout ?? ChannelLayout.ChannelsFirst);
+            var y = RecycledMemory.Empty(src, layout);
             fixed (double* kept = saved.Host, onStack = stack)
             {
                 double* statistics = kept != null ? kept : onStack != null ? onStack : (double*)scratch.Pointer;
@@ -75,7 +77,7 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
                     Rstd = Statistics.RstdIn(statistics, shape.Rows),
                     Shape = shape,
                     Eps = eps,
-                    Plan = WorkPlan.For(shape, layout ?? ChannelLayout.ChannelsFirst),
+                    Plan = WorkPlan.For(shape, layout),
                 };
                 if (shape.GroupSize == 0)
                 {
@@ -111,14 +113,14 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
         using var dyCopy = TensorMemory.CopyUnlessIn(dy, layout);
         var xd = xCopy ?? x;
         var dyd = dyCopy ?? dy;
-        // The residual only shapes the gradient through the activation's input, as β does.
-        var residual = epilogue.Activation == Activation.None ? null : epilogue.Residual;
+        // β and the residual shape the gradient only through the activation's input.
+        bool activated = epilogue.Activation != Activation.None;
+        var residual = activated ? epilogue.Residual : null;
         using var residualCopy = residual is null ? null : TensorMemory.CopyUnlessIn(residual, layout);
         var rd = residualCopy ?? residual;
         var arithmetic = DTypeRules.Arithmetic(x.dtype);
         var w = ParameterIn(epilogue.Weight, arithmetic);
-        // β only shapes the gradient through the activation's pre-activation.
-        var b = epilogue.Activation == Activation.None ? null : ParameterIn(epilogue.Bias, arithmetic);
+        var b = activated ? ParameterIn(epilogue.Bias, arithmetic) : null;
 
         var dx = need.Input ? RecycledMemory.Empty(xd, layout) : null;
         var dr = need.Residual ? RecycledMemory.Empty(xd, layout) : null;

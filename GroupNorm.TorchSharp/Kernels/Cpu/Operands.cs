@@ -5,8 +5,8 @@ namespace GroupNormalization.Kernels.Cpu;
 
 /// <summary>
 /// One forward call as <see cref="CpuFusedKernel"/> hands it to a layout kernel: x, y and the residual
-/// (null when absent) in the stored type and one layout, γ and β (null when absent) in the arithmetic type, untyped until the entry's type parameters
-/// give them their types (<see cref="ForwardOperands{TS, T}"/>); the caller-owned per-(n, g) statistics
+/// (null when absent) in the stored type and one layout, γ and β (null when absent) in the arithmetic
+/// type, untyped until the entry's type parameters give them their types (<see cref="ForwardOperands{TS, T}"/>); the caller-owned per-(n, g) statistics
 /// that forward fills; the geometry and the plan.
 /// </summary>
 internal unsafe struct ForwardCall
@@ -48,6 +48,8 @@ internal readonly unsafe struct BackwardOperands<TS, T>(BackwardCall* call)
     where T : unmanaged, IFloatingPointIeee754<T>
 {
     public readonly TS* X = (TS*)call->X, Dy = (TS*)call->Dy, Dx = (TS*)call->Dx, Residual = (TS*)call->Residual, Dr = (TS*)call->Dr;
+    public readonly T* Weight = (T*)call->Weight, Bias = (T*)call->Bias;
+    public readonly double* Mean = call->Mean, Rstd = call->Rstd, SumA = call->SumA, SumB = call->SumB;
 
     /// <summary>
     /// Where the sums pass leaves dz for the input-gradient pass: dr, which is dz, when asked for; else dx's
@@ -56,8 +58,6 @@ internal readonly unsafe struct BackwardOperands<TS, T>(BackwardCall* call)
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public TS* DzStash<TA>() where TA : struct, IActivation =>
         TA.IsIdentity ? null : Dr != null ? Dr : Dx != null && GradientStash.Used<TS, T, TA>() ? Dx : null;
-    public readonly T* Weight = (T*)call->Weight, Bias = (T*)call->Bias;
-    public readonly double* Mean = call->Mean, Rstd = call->Rstd, SumA = call->SumA, SumB = call->SumB;
 }
 
 /// <summary>
