@@ -3,7 +3,7 @@ namespace GroupNormalization;
 /// <summary>
 /// An element-wise activation applied to GroupNorm's output inside the same kernel: act(GroupNorm(x)).
 /// <para>
-/// Diffusion UNets and VAEs put SiLU after almost every GroupNorm, ResNets put ReLU. Fused, the pair writes
+/// Diffusion UNets and VAEs put SiLU after almost every GroupNorm (and some decoders GELU), ResNets put ReLU. Fused, the pair writes
 /// its output once instead of writing it, reading it back and writing it again, and the backward recomputes
 /// the pre-activation from x instead of keeping a second input-sized tensor for the activation's gradient.
 /// </para>
@@ -21,4 +21,10 @@ public enum Activation
     /// z = 0 too) and the incoming gradient elsewhere, which includes a NaN z.
     /// </summary>
     ReLU = 2,
+
+    /// <summary>
+    /// GELU, exact: z·Φ(z) = z·(1 + erf(z/√2))/2, as <c>torch.nn.functional.gelu</c> with its default
+    /// <c>approximate='none'</c> (not the tanh approximation).
+    /// </summary>
+    GELU = 3,
 }

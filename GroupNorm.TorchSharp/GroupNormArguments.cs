@@ -35,7 +35,7 @@ internal static class GroupNormArguments
     public static void ValidateActivation(Activation activation)
     {
         if (!Enum.IsDefined(activation))
-            throw new ArgumentOutOfRangeException(nameof(activation), activation, $"activation must be one of None, SiLU or ReLU, but got activation={(int)activation}.");
+            throw new ArgumentOutOfRangeException(nameof(activation), activation, $"activation must be one of None, SiLU, ReLU or GELU, but got activation={(int)activation}.");
     }
 
     /// <summary>
