@@ -80,7 +80,7 @@ public sealed class DoubleBackwardTests
     /// rounding): a check that does not rely on libtorch.
     /// </summary>
     [Test]
-    public void DerivativeThroughTheIncomingGradientMatchesFiniteDifferences([Values] KernelPath path, [Values(Activation.None, Activation.SiLU)] Activation activation)
+    public void DerivativeThroughTheIncomingGradientMatchesFiniteDifferences([Values] KernelPath path, [Values(Activation.None, Activation.SiLU, Activation.GELU)] Activation activation)
     {
         using var scope = torch.NewDisposeScope();
         torch.manual_seed(42);
@@ -173,7 +173,7 @@ public sealed class DoubleBackwardTests
     /// 2^-24·|μ|/σ ≈ 6e-4.
     /// </summary>
     [Test]
-    public void RecordedBackwardCentresOnTheSavedMean([Values] KernelPath savedBy, [Values(Activation.None, Activation.SiLU)] Activation activation)
+    public void RecordedBackwardCentresOnTheSavedMean([Values] KernelPath savedBy, [Values(Activation.None, Activation.SiLU, Activation.GELU)] Activation activation)
     {
         using var scope = torch.NewDisposeScope();
         torch.manual_seed(44);

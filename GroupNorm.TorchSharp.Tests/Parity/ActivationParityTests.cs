@@ -47,7 +47,7 @@ public sealed class ActivationParityTests
     };
 
     private static readonly ScalarType[] s_dtypes = { ScalarType.Float32, ScalarType.Float64, ScalarType.Float16, ScalarType.BFloat16 };
-    private static readonly Activation[] s_activations = { Activation.SiLU, Activation.ReLU };
+    private static readonly Activation[] s_activations = Oracle.FusedActivations;
     private static readonly KernelPath[] s_paths = { KernelPath.Default, KernelPath.Generic };
 
     public static IEnumerable<TestCaseData> Cases()
@@ -96,7 +96,7 @@ public sealed class ActivationParityTests
             (new(new long[] { 2, 6, 9 }, 3), Api.Module),
             (new(new long[] { 2, 6, 3, 4, 5 }, 3, Affine.BiasOnly), Api.Functional),
         };
-        foreach (var activation in new[] { Activation.None, Activation.SiLU, Activation.ReLU })
+        foreach (var activation in Oracle.AllActivations)
             foreach (var dtype in new[] { ScalarType.Float16, ScalarType.BFloat16 })
                 foreach (var path in s_paths)
                     foreach (var (c, api) in cases)

@@ -128,7 +128,7 @@ public sealed class DegenerateGroupTests
         Assert.Multiple(() =>
         {
             foreach (var api in new[] { Api.Functional, Api.Module })
-                foreach (var activation in new[] { Activation.None, Activation.SiLU, Activation.ReLU })
+                foreach (var activation in Oracle.AllActivations)
                 {
                     string label = $"{api} {activation}";
                     var actual = Oracle.Ours(path, x, groups, w, b, Eps, dy, activation, api);

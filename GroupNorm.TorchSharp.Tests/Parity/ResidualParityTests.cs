@@ -51,7 +51,7 @@ public sealed class ResidualParityTests
     };
 
     private static readonly ScalarType[] s_dtypes = { ScalarType.Float32, ScalarType.Float64, ScalarType.Float16, ScalarType.BFloat16 };
-    private static readonly Activation[] s_activations = { Activation.None, Activation.SiLU, Activation.ReLU };
+    private static readonly Activation[] s_activations = Oracle.AllActivations;
     private static readonly KernelPath[] s_paths = { KernelPath.Default, KernelPath.Generic };
 
     public static IEnumerable<TestCaseData> Cases()

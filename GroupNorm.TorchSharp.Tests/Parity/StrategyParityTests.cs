@@ -122,7 +122,7 @@ public sealed class StrategyParityTests
     /// </summary>
     [Test]
     public void ParameterGradientsAloneMatchUnderForcedSplit([Values] bool openMp, [Values] bool channelsLast,
-        [Values(ScalarType.Float32, ScalarType.Float64)] ScalarType dtype, [Values(Activation.None, Activation.SiLU)] Activation activation)
+        [Values(ScalarType.Float32, ScalarType.Float64)] ScalarType dtype, [Values(Activation.None, Activation.SiLU, Activation.GELU)] Activation activation)
     {
         RequireBackend(openMp);
         using var scope = torch.NewDisposeScope();

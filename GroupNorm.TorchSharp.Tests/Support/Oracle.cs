@@ -1,5 +1,6 @@
 using System;
 using System.Collections.Generic;
+using System.Linq;
 using GroupNormalization.Autograd;
 using GroupNormalization.Kernels;
 using TorchSharp;
@@ -54,7 +55,7 @@ internal static class Oracle
 {
     /// <summary>
     /// libtorch's <c>torch.nn.functional.group_norm</c>, then <c>+ residual</c> when there is one, then
-    /// libtorch's own silu or relu when <paramref name="activation"/> asks for one. Inputs are detached into
+    /// libtorch's own silu, relu or gelu when <paramref name="activation"/> asks for one. Inputs are detached into
     /// fresh leaves (the residual requires grad only if the caller's does); the caller owns everything
     /// returned (it lives in the caller's dispose scope).
     /// </summary>
@@ -74,12 +75,19 @@ internal static class Oracle
         return dy is null ? new GroupNormResult(y, null, null, null) : Differentiate(y, dy, xl, wl, bl, rl);
     }
 
+    /// <summary>Every activation the kernels fuse, without <see cref="Activation.None"/>: new ones join every suite that uses this.</summary>
+    public static Activation[] FusedActivations { get; } = Enum.GetValues<Activation>().Where(a => a != Activation.None).ToArray();
+
+    /// <summary><see cref="Activation.None"/>, then every fused activation.</summary>
+    public static Activation[] AllActivations { get; } = Enum.GetValues<Activation>();
+
     /// <summary>libtorch's own activation, applied as a separate op (the composite our fused one must equal).</summary>
     public static Tensor Activate(Tensor z, Activation activation) => activation switch
     {
         Activation.None => z,
         Activation.SiLU => torch.nn.functional.silu(z),
         Activation.ReLU => torch.nn.functional.relu(z),
+        Activation.GELU => torch.nn.functional.gelu(z),
         _ => throw new ArgumentOutOfRangeException(nameof(activation), activation, null),
     };
 

@@ -42,6 +42,7 @@ internal sealed class DeviceGenericKernel : IGroupNormKernel
         // In the arithmetic type, before a half input's output is rounded once.
         if (epilogue.Activation == Activation.SiLU) y = y.silu_();
         else if (epilogue.Activation == Activation.ReLU) y = y.relu_();
+        else if (epilogue.Activation == Activation.GELU) y = y.gelu_();
         if (y.dtype != x.dtype) y = y.to(x.dtype);
 
         saved = keepStatistics ? new Statistics(null, mean.MoveToOuterDisposeScope(), rstd.MoveToOuterDisposeScope()) : default;

@@ -1,3 +1,4 @@
+using System;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -42,7 +43,10 @@ internal static class TensorFormulas
     public static Tensor PreActivation(Tensor centred, Tensor scale, Tensor? bias) =>
         bias is null ? centred * scale : torch.addcmul(bias, centred, scale, 1);
 
-    /// <summary>dz = dy·act′(z) (SiLU: σ(z)·(1 + z·(1 − σ(z))); ReLU: 0 where z ≤ 0, else dy).</summary>
+    /// <summary>
+    /// dz = dy·act′(z) (SiLU: σ(z)·(1 + z·(1 − σ(z))); ReLU: 0 where z ≤ 0, else dy; GELU: Φ(z) + z·φ(z), Φ the
+    /// standard normal CDF and φ its density). Differentiable, for the recorded backward.
+    /// </summary>
     public static Tensor ActivationGradient(Tensor dy, Tensor z, Activation activation)
     {
         switch (activation)
@@ -54,6 +58,10 @@ internal static class TensorFormulas
                 // PyTorch's threshold_backward: a select, not a product, so that a NaN dy where z ≤ 0 gives 0
                 // (NaN·0 is NaN) and a NaN z passes dy through.
                 return dy.masked_fill(z.le(0), 0);
+            case Activation.GELU:
+                var cdf = ((z * Math.Sqrt(0.5)).erf() + 1) * 0.5;
+                var density = (z.square() * -0.5).exp() * (1 / Math.Sqrt(2 * Math.PI));
+                return dy * (cdf + z * density);
             default:
                 return dy;
         }

@@ -239,8 +239,9 @@ internal sealed unsafe class CpuFusedKernel : IGroupNormKernel
         where TE : struct, IElement<TS, T> where TS : unmanaged where T : unmanaged, IFloatingPointIeee754<T> =>
         activation switch
         {
-            Activation.SiLU => WithResidual<TPass, TE, TS, T, SiLU>(residual, layout),
+            Activation.SiLU => WithResidual<TPass, TE, TS, T, Smooth<SiLUFormula>>(residual, layout),
             Activation.ReLU => WithResidual<TPass, TE, TS, T, ReLU>(residual, layout),
+            Activation.GELU => WithResidual<TPass, TE, TS, T, Smooth<GeluFormula>>(residual, layout),
             _ => WithResidual<TPass, TE, TS, T, Identity>(residual, layout),
         };
 

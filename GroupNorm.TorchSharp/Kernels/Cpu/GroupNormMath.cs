@@ -7,8 +7,8 @@ namespace GroupNormalization.Kernels.Cpu;
 /// <summary>
 /// The formulas of Group Normalization, and the fused CPU kernels' arithmetic for them. Who shares what:
 /// every loop under <c>Kernels/Cpu</c> takes its coefficients (rstd, the output's scale and shift, dx's b
-/// and k, dγ and dβ, the μ split) from this class, and SiLU and SiLU′ from <see cref="SiLU"/>, written once
-/// for every vector width. The tensor paths, the device-generic kernel and the recorded backward for
+/// and k, dγ and dβ, the μ split) from this class, and SiLU, GELU and their derivatives from <see cref="SiLUFormula"/> and
+/// <see cref="GeluFormula"/>, each written once for every vector width. The tensor paths, the device-generic kernel and the recorded backward for
 /// second derivatives, share <see cref="TensorFormulas"/>: the same formulas as TorchSharp operations,
 /// written once for both. The two families are checked against each other and against libtorch by the
 /// parity tests, not by sharing code: one computes in float64 coefficients over raw memory, the other in
@@ -21,10 +21,11 @@ namespace GroupNormalization.Kernels.Cpu;
 ///           σ²[n,g] = (1/M) Σ (x − μ)²                   (biased, as in PyTorch)
 ///           r[n,g]  = 1 / √(σ² + ε)
 ///           z       = (x − μ)·r·γ[c] + β[c]              γ = 1 and β = 0 when absent
-///           y       = act(z)                              act: identity, SiLU z·σ(z), or ReLU max(z, 0)
+///           y       = act(z)                              act: identity, SiLU z·σ(z), ReLU max(z, 0), or GELU z·Φ(z)
 ///
 /// Backward  dz      = dy·act′(z)                          SiLU: σ(z)·(1 + z·(1 − σ(z)));
 ///                                                         ReLU: dz = 0 where z ≤ 0, else dy (a NaN z passes dy);
+///                                                         GELU: Φ(z) + z·φ(z) (Φ normal CDF, φ its density);
 ///                                                         z is rebuilt from x, μ, r, γ, β, never saved
 ///           A[n,c]  = Σ_s dz                             per-(n, c) sums over spatial positions
 ///           B[n,c]  = Σ_s dz·(x − μ)                     centred: no cancellation when |μ| ≫ σ
