@@ -208,12 +208,23 @@ public sealed class ArgumentErrorTests
     }
 
     [Test]
-    public void FunctionalRejectsUndefinedActivation([Values(-1, 3, 7)] int value)
+    public void FunctionalRejectsUndefinedActivation([Values(-1, 4, 7)] int value)
     {
         using var scope = torch.NewDisposeScope();
         var x = torch.randn(2, 6, 3);
         Assert.That(() => Functional.group_norm(x, 2, activation: (Activation)value), Throws.InstanceOf<ArgumentOutOfRangeException>());
         AssertRejected(() => Functional.group_norm(x, 2, activation: (Activation)value), "activation", $"activation={value}");
+    }
+
+    /// <summary>A fused activation does not change the dtype rule: integer and bool inputs are refused before any kernel, GELU included.</summary>
+    [Test]
+    public void GeluOnANonFloatingInputIsRejected([Values(ScalarType.Int64, ScalarType.Int32, ScalarType.Bool)] ScalarType dtype)
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = torch.ones(new long[] { 2, 6, 3 }, dtype);
+        AssertRejected(() => Functional.group_norm(x, 2, activation: Activation.GELU), "input", $"dtype {dtype}");
+        using var module = new GroupNorm(2, 6, activation: Activation.GELU);
+        AssertRejected(() => module.forward(x), "input", $"dtype {dtype}");
     }
 
     /// <summary>

@@ -144,6 +144,18 @@ public sealed class DegenerateGroupTests
                         if (double.IsNaN(worst)) worst = double.PositiveInfinity;
                         Assert.That(worst, Is.LessThanOrEqualTo(2.0), $"{label}: y against libtorch's silu(β), in ulps of the dtype");
                     }
+                    else if (activation == Activation.GELU)
+                    {
+                        // Ours is our own series on the fused path; on the generic one, libtorch's in-place gelu on y
+                        // and its out-of-place gelu on the expanded β take its vector and scalar erf, which differ in
+                        // the last bits. Either side is accurate to a few roundings of max(|β|, 1)
+                        // (GeluAccuracyTests), so the two must agree to 8.
+                        var scaled = (actual.Y.to(ScalarType.Float64) - expectedY.to(ScalarType.Float64)).abs()
+                            / (beta.to(ScalarType.Float64).abs().clamp_min(1) * ParityCheck.UnitRoundoff(dtype));
+                        double worst = scaled.max().item<double>();
+                        if (double.IsNaN(worst)) worst = double.PositiveInfinity;
+                        Assert.That(worst, Is.LessThanOrEqualTo(8.0), $"{label}: y against libtorch's gelu(β), in roundings of max(|β|, 1)");
+                    }
                     else
                     {
                         Assert.That(TestTensors.Identical(actual.Y, expectedY), Is.True,
