@@ -268,6 +268,7 @@ Task("BenchQuick")
     RunBenchmarks("--quick --interleaved --suite activation");
     RunBenchmarks("--quick --interleaved --suite half");
     RunBenchmarks("--quick --interleaved --suite residual");
+    RunBenchmarks("--quick --interleaved --suite diffusion");
 });
 
 // Ours and the built-in in alternating blocks, ratio per round: isolation, in-network and fixed cost.
@@ -291,6 +292,15 @@ Task("BenchResidual")
     .IsDependentOn("Setup")
     .IsDependentOn("Build")
     .Does(() => UnderEachAllocator(environment => RunBenchmarks(("--interleaved --suite residual " + Argument("bench-args", "")).Trim(), environment)));
+
+// Stable Diffusion's residual block (GN → SiLU → Conv3×3, twice, plus the skip) with the built-in group_norm then silu,
+// ours plain and ours fused as its norms: float32 and bfloat16 forward, float32 forward+backward, six VAE and UNet
+// shapes, interleaved, with page faults per call; under both glibc settings (see --glibc above), 8–10 minutes each
+// on 2 cores. --bench-args narrows it: "--shape 2x320x64x64 --rounds 5", "--quick" (one small shape, 2 rounds).
+Task("BenchDiffusion")
+    .IsDependentOn("Setup")
+    .IsDependentOn("Build")
+    .Does(() => UnderEachAllocator(environment => RunBenchmarks(("--interleaved --suite diffusion " + Argument("bench-args", "")).Trim(), environment)));
 
 // float16 and bfloat16 against the built-in in the same dtype, interleaved; the VAE shape is slow in half precision,
 // --bench-args="--max-numel 5000000" leaves it out. BenchmarkDotNet: --target=Bench --bench-args="--filter *HalfPrecision*".

@@ -66,6 +66,23 @@ public sealed record BenchCase(long N, long C, long H, long W, long G)
         new BenchCase(16, 16, 32, 32, 8),
     }).ToArray();
 
+    /// <summary>
+    /// The diffusion suite's residual blocks (channels in = out, 32 groups): Stable Diffusion's VAE at its three
+    /// widest resolutions (batch 1) and its UNet's three stages at batch 2 (classifier-free guidance).
+    /// </summary>
+    public static IReadOnlyList<BenchCase> Diffusion { get; } = new[]
+    {
+        new BenchCase(1, 128, 256, 256, 32),
+        new BenchCase(1, 256, 128, 128, 32),
+        new BenchCase(1, 512, 64, 64, 32),
+        new BenchCase(2, 320, 64, 64, 32),
+        new BenchCase(2, 640, 32, 32, 32),
+        new BenchCase(2, 1280, 16, 16, 32),
+    };
+
+    /// <summary>The diffusion suite's --quick shape: 32 groups of 2 channels, small enough for a smoke test.</summary>
+    public static IReadOnlyList<BenchCase> DiffusionQuick { get; } = new[] { new BenchCase(1, 64, 16, 16, 32) };
+
     // BenchmarkDotNet prints parameters with ToString: keep it short and stable for the report.
     public override string ToString() => $"{N}x{C}x{H}x{W}/G{G}";
 }

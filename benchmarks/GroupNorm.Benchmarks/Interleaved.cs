@@ -20,21 +20,33 @@ namespace GroupNormalization.Benchmarks;
 /// Here both sides run within milliseconds of each other in every round, so drift cancels in the ratio.
 /// </para>
 /// </summary>
-internal static class Interleaved
+internal static partial class Interleaved
 {
     private const double BlockMilliseconds = 3;
 
     /// <summary>Groups of the fixed-cost case (1, 32, 1, 1), the same as <see cref="OverheadBenchmarks.Groups"/>.</summary>
     private const long Groups = OverheadBenchmarks.Groups;
 
-    /// <summary>Runs one suite: default (isolation, in-network, fixed cost), activation, half or residual; 2 for an unknown suite.</summary>
-    public static int Run(string suite, int rounds, TextWriter console)
+    /// <summary>
+    /// Runs one suite: default (isolation, in-network, fixed cost), activation, half, residual or diffusion; 2 for an
+    /// unknown suite, 1 when the diffusion suite's sides disagree. <paramref name="rounds"/> null: the suite's default
+    /// (2 with --quick).
+    /// </summary>
+    public static int Run(string suite, int? rounds, TextWriter console)
     {
-        if (suite is not ("default" or "activation" or "half" or "residual"))
+        if (suite is not ("default" or "activation" or "half" or "residual" or "diffusion"))
         {
-            console.WriteLine($"Unknown suite '{suite}': default, activation, half or residual.");
+            console.WriteLine($"Unknown suite '{suite}': default, activation, half, residual or diffusion.");
             return 2;
         }
+        var elapsed = Stopwatch.StartNew();
+        int result = Run(suite, rounds ?? (Program.Quick ? 2 : suite == "diffusion" ? DiffusionRounds : 15), console);
+        console.WriteLine($"Elapsed: {(int)elapsed.Elapsed.TotalMinutes} min {elapsed.Elapsed.Seconds} s.");
+        return result;
+    }
+
+    private static int Run(string suite, int rounds, TextWriter console)
+    {
         console.WriteLine($"Interleaved comparison ({suite}), {rounds} rounds of alternating blocks (≥ {BlockMilliseconds} ms each); threads: {ParallelFor.Description}, libtorch threads {torch.get_num_threads()}.");
         console.WriteLine();
         switch (suite)
@@ -48,6 +60,8 @@ internal static class Interleaved
             case "residual":
                 Residual(rounds, console);
                 break;
+            case "diffusion":
+                return Diffusion(rounds, console);
             default:
                 Isolation(rounds, console, new[] { ScalarType.Float32, ScalarType.Float64 }, new[] { Layout.Nchw, Layout.ChannelsLast },
                     Program.Cases(BenchCase.Standard.Concat(BenchCase.ResNet20)), perDType: false);
@@ -304,24 +318,27 @@ internal static class Interleaved
 
     private readonly record struct Comparison(double Builtin, double Ours, double Ratio);
 
-    /// <summary>Median µs per call of each side and the median of the per-round ratios: <see cref="CompareSides"/> for two.</summary>
+    /// <summary>Median µs per call of each side and the median of the per-round ratios: <see cref="CompareSides(int, Action[])"/> for two.</summary>
     private static Comparison Compare(int rounds, Action builtin, Action ours)
     {
         var t = CompareSides(rounds, builtin, ours);
         return new Comparison(t.Medians[0], t.Medians[1], t.Ratios[1]);
     }
 
-    private sealed record SideComparison(double[] Medians, double[] Ratios);
+    /// <summary>Each side's median µs per call, its median per-round ratio to the first side, and the calls per block.</summary>
+    private sealed record SideComparison(double[] Medians, double[] Ratios, int Calls);
 
     /// <summary>
     /// Any number of sides in alternating blocks after a warm-up (JIT, libtorch's kernel caches, the allocator's
     /// free lists): the median µs per call of each, and the median of each side's per-round ratio to the first.
     /// Every side gets its turn at every position, in both directions, so that none always runs on the heap and
-    /// caches one particular other side left.
+    /// caches one particular other side left. Calls of tens of milliseconds need fewer than the default 3 warm-ups.
     /// </summary>
-    private static SideComparison CompareSides(int rounds, params Action[] sides)
+    private static SideComparison CompareSides(int rounds, params Action[] sides) => CompareSides(rounds, 3, sides);
+
+    private static SideComparison CompareSides(int rounds, int warmups, params Action[] sides)
     {
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < warmups; i++)
         {
             foreach (var side in sides) side();
         }
@@ -344,7 +361,7 @@ internal static class Interleaved
                 ratios[side].Add(t[side] / t[0]);
             }
         }
-        return new SideComparison(times.Select(Median).ToArray(), ratios.Select(Median).ToArray());
+        return new SideComparison(times.Select(Median).ToArray(), ratios.Select(Median).ToArray(), calls);
     }
 
     /// <summary>Minor page faults per call of <paramref name="action"/> over <paramref name="calls"/> calls, or NaN where not measurable.</summary>

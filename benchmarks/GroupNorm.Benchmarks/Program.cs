@@ -21,11 +21,14 @@ namespace GroupNormalization.Benchmarks;
 ///   --no-recycle  our outputs from libtorch's allocator (Memory.recycle_outputs = false), to measure what recycling does
 ///   --suite S   with --interleaved: default (isolation, in-network, fixed cost), activation (fused GN+SiLU and
 ///               GN+ReLU against group_norm then silu/relu, float32), half (float16 and bfloat16) or residual
-///               (fused GN+add+ReLU against group_norm, add_, relu_)
-///   --rounds N  with --interleaved: rounds per comparison (default 15, 2 with --quick)
+///               (fused GN+add+ReLU against group_norm, add_, relu_) or diffusion (Stable Diffusion's residual block,
+///               GN → SiLU → Conv3×3 twice plus the skip, built-in against ours plain and ours fused; float32 and
+///               bfloat16 forward, float32 forward+backward)
+///   --rounds N  with --interleaved: rounds per comparison (default 15, the diffusion suite's
+///               Interleaved.DiffusionRounds, 2 with --quick)
 ///   --shape S   only the BenchCase shapes whose name (e.g. 2x320x64x64/G32) contains S; repeatable. Applies to
-///               the interleaved isolation, activation and half suites and to the GroupNorm, FusedActivation and
-///               HalfPrecision classes; with it, --quick no longer narrows the shapes to its one
+///               the interleaved isolation, activation, half, residual and diffusion suites and to the GroupNorm,
+///               FusedActivation and HalfPrecision classes; with it, --quick no longer narrows the shapes to its one
 ///   --max-numel N  only BenchCase shapes of at most N elements (e.g. 5000000 leaves out the VAE's 8.4 M)
 ///   --filter *Overhead*   BenchmarkDotNet's own filters work as usual; *FusedActivation* and *HalfPrecision*
 ///               select the new classes
@@ -43,9 +46,9 @@ public static class Program
     /// The shapes of a suite after --shape and --max-numel; --quick's one small shape only when neither is given,
     /// so that a quick run can still be pointed at one particular shape.
     /// </summary>
-    public static IEnumerable<BenchCase> Cases(IEnumerable<BenchCase> full)
+    public static IEnumerable<BenchCase> Cases(IEnumerable<BenchCase> full, IEnumerable<BenchCase>? quick = null)
     {
-        if (ShapeFilters.Count == 0 && _maxNumel == long.MaxValue) return Quick ? BenchCase.Quick : full;
+        if (ShapeFilters.Count == 0 && _maxNumel == long.MaxValue) return Quick ? quick ?? BenchCase.Quick : full;
         return full.Where(c => c.Numel <= _maxNumel
             && (ShapeFilters.Count == 0 || ShapeFilters.Any(f => c.ToString().Contains(f, StringComparison.OrdinalIgnoreCase))));
     }
@@ -81,7 +84,7 @@ public static class Program
             bool kept = GlibcAllocator.KeepFreedMemory();
             Console.WriteLine(kept ? "Warm allocator: glibc keeps freed memory (mmap threshold 32 MiB, trim threshold 1 GiB)." : "Warm allocator: not glibc, nothing changed.");
         }
-        if (rest.Remove("--interleaved")) return Interleaved.Run(suite, rounds ?? (Quick ? 2 : 15), Console.Out);
+        if (rest.Remove("--interleaved")) return Interleaved.Run(suite, rounds, Console.Out);
         if (suite != "default")
         {
             // BenchmarkDotNet would take it for a filter-less run of everything.
