@@ -8,6 +8,7 @@ using System.Reflection.PortableExecutable;
 using System.Text;
 using System.Text.RegularExpressions;
 using System.Xml.Linq;
+using GroupNormalization.Tests.Support;
 using NUnit.Framework;
 using TorchSharp;
 
@@ -52,8 +53,8 @@ public sealed partial class PackageContentTests
 
         Assert.Multiple(() =>
         {
-            Assert.That(EntryBytes(package, "README.md"), Is.EqualTo(File.ReadAllBytes(RepositoryFile("README.md"))), "README.md is the repository's");
-            Assert.That(EntryBytes(package, "LICENSE"), Is.EqualTo(File.ReadAllBytes(RepositoryFile("LICENSE"))), "LICENSE is the repository's");
+            Assert.That(EntryBytes(package, "README.md"), Is.EqualTo(File.ReadAllBytes(Repository.File("README.md"))), "README.md is the repository's");
+            Assert.That(EntryBytes(package, "LICENSE"), Is.EqualTo(File.ReadAllBytes(Repository.File("LICENSE"))), "LICENSE is the repository's");
             Assert.That(Element(nuspec, "readme").Value, Is.EqualTo("README.md"));
             Assert.That(Element(nuspec, "license").Value, Is.EqualTo("LICENSE"));
             Assert.That(Element(nuspec, "license").Attribute("type")?.Value, Is.EqualTo("file"));
@@ -118,7 +119,7 @@ public sealed partial class PackageContentTests
         var testedVersion = new Version(tested.Major, tested.Minor, tested.Build);
         Assert.That(testedVersion >= lower && testedVersion < upper, Is.True, $"tested TorchSharp {testedVersion} is outside {TorchSharpRange}");
 
-        var changelog = File.ReadAllText(RepositoryFile("CHANGELOG.md"));
+        var changelog = File.ReadAllText(Repository.File("CHANGELOG.md"));
         Assert.That(changelog, Does.Contain($"## [{PackageVersion}]"), "CHANGELOG.md has an entry for the packed version");
     }
 
@@ -157,7 +158,7 @@ public sealed partial class PackageContentTests
 
     private static ZipArchive OpenPackage(string extension)
     {
-        var path = Path.Combine(RepositoryRoot(), "artifacts", "packages", $"{PackageId}.{PackageVersion}.{extension}");
+        var path = Path.Combine(Repository.Root(), "artifacts", "packages", $"{PackageId}.{PackageVersion}.{extension}");
         if (!File.Exists(path))
             throw new AssertionException($"{path} does not exist. './build.sh --target=Test' packs before it tests; './build.sh --target=Pack' packs alone.");
         return ZipFile.OpenRead(path);
@@ -181,16 +182,4 @@ public sealed partial class PackageContentTests
     private static XElement Element(XElement nuspec, string name) =>
         nuspec.Descendants(nuspec.Name.Namespace + name).FirstOrDefault()
         ?? throw new AssertionException($"the nuspec has no <{name}>");
-
-    private static string RepositoryFile(string name) => Path.Combine(RepositoryRoot(), name);
-
-    private static string RepositoryRoot()
-    {
-        for (var directory = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); directory is not null; directory = directory.Parent)
-        {
-            if (File.Exists(Path.Combine(directory.FullName, "GroupNorm.TorchSharp.sln")))
-                return directory.FullName;
-        }
-        throw new AssertionException($"no GroupNorm.TorchSharp.sln above {TestContext.CurrentContext.TestDirectory}");
-    }
 }
