@@ -28,7 +28,7 @@ public class FusedActivationBenchmarks
     [ParamsSource(nameof(Cases))]
     public BenchCase Case { get; set; } = BenchCase.Activation[0];
 
-    [Params(Activation.SiLU, Activation.ReLU)]
+    [Params(Activation.SiLU, Activation.ReLU, Activation.GELU)]
     public Activation Activation { get; set; }
 
     public static IEnumerable<BenchCase> Cases => Program.Cases(BenchCase.Activation);
@@ -39,7 +39,7 @@ public class FusedActivationBenchmarks
     [GlobalCleanup]
     public void Cleanup() => _in.Dispose();
 
-    private Tensor Act(Tensor z) => Activation == Activation.SiLU ? torch.nn.functional.silu(z) : torch.nn.functional.relu(z);
+    private Tensor Act(Tensor z) => Program.BuiltinActivation(z, Activation);
 
     private Tensor Builtin(Tensor x) => Act(torch.nn.functional.group_norm(x, Case.G, _in.Weight, _in.Bias));
 

@@ -130,9 +130,9 @@ internal static partial class Interleaved
         foreach (var c in Program.Cases(BenchCase.Activation))
         {
             using var inputs = new Inputs(c, ScalarType.Float32, Layout.Nchw);
-            foreach (var act in new[] { Activation.SiLU, Activation.ReLU })
+            foreach (var act in Program.Activations)
             {
-                Tensor Act(Tensor z) => act == Activation.SiLU ? torch.nn.functional.silu(z) : torch.nn.functional.relu(z);
+                Tensor Act(Tensor z) => Program.BuiltinActivation(z, act);
                 Tensor Builtin(Tensor x) => Act(torch.nn.functional.group_norm(x, c.G, inputs.Weight, inputs.Bias));
                 Tensor Fused(Tensor x) => Functional.group_norm(x, c.G, inputs.Weight, inputs.Bias, activation: act);
                 Tensor Unfused(Tensor x) => Act(Functional.group_norm(x, c.G, inputs.Weight, inputs.Bias));

@@ -6,6 +6,8 @@ using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Running;
 using BenchmarkDotNet.Toolchains.InProcess.Emit;
+using TorchSharp;
+using static TorchSharp.torch;
 
 namespace GroupNormalization.Benchmarks;
 
@@ -19,11 +21,12 @@ namespace GroupNormalization.Benchmarks;
 ///   --warm-allocator  glibc keeps freed memory (see GlibcAllocator.KeepFreedMemory), so that page faults
 ///               from the heap state earlier benchmarks left do not land on one side of a comparison
 ///   --no-recycle  our outputs from libtorch's allocator (Memory.recycle_outputs = false), to measure what recycling does
-///   --suite S   with --interleaved: default (isolation, in-network, fixed cost), activation (fused GN+SiLU and
-///               GN+ReLU against group_norm then silu/relu, float32), half (float16 and bfloat16) or residual
+///   --suite S   with --interleaved: default (isolation, in-network, fixed cost), activation (fused GN+SiLU, GN+GELU and
+///               GN+ReLU against group_norm then silu/gelu/relu, float32), half (float16 and bfloat16) or residual
 ///               (fused GN+add+ReLU against group_norm, add_, relu_) or diffusion (Stable Diffusion's residual block,
 ///               GN → SiLU → Conv3×3 twice plus the skip, built-in against ours plain and ours fused; float32 and
 ///               bfloat16 forward, float32 forward+backward)
+///   --act A     with --suite activation: only activation A (SiLU, ReLU or GELU); repeatable; default all three
 ///   --rounds N  with --interleaved: rounds per comparison (default 15, the diffusion suite's
 ///               Interleaved.DiffusionRounds, 2 with --quick)
 ///   --shape S   only the BenchCase shapes whose name (e.g. 2x320x64x64/G32) contains S; repeatable. Applies to
@@ -41,6 +44,18 @@ public static class Program
     private static long _maxNumel = long.MaxValue;
 
     public static bool Quick { get; private set; }
+
+    /// <summary>The fused activations the activation suite compares (--act), all of them by default.</summary>
+    public static IReadOnlyList<Activation> Activations { get; private set; } = Enum.GetValues<Activation>().Where(a => a != Activation.None).ToArray();
+
+    /// <summary>The built-in activation op that the fused one replaces, as a model written without us calls it.</summary>
+    public static Tensor BuiltinActivation(Tensor z, Activation act) => act switch
+    {
+        Activation.SiLU => torch.nn.functional.silu(z),
+        Activation.ReLU => torch.nn.functional.relu(z),
+        Activation.GELU => torch.nn.functional.gelu(z),
+        _ => z,
+    };
 
     /// <summary>
     /// The shapes of a suite after --shape and --max-numel; --quick's one small shape only when neither is given,
@@ -65,6 +80,9 @@ public static class Program
             if (TakeValue(rest, "--max-numel") is { } max) _maxNumel = long.Parse(max, CultureInfo.InvariantCulture);
             if (TakeValue(rest, "--rounds") is { } r) rounds = int.Parse(r, CultureInfo.InvariantCulture);
             if (TakeValue(rest, "--suite") is { } s) suite = s;
+            var acts = new List<Activation>();
+            while (TakeValue(rest, "--act") is { } a) acts.Add(Enum.Parse<Activation>(a, ignoreCase: true));
+            if (acts.Count > 0) Activations = acts;
         }
         catch (Exception e) when (e is FormatException or OverflowException or ArgumentException)
         {
