@@ -183,7 +183,7 @@ internal struct GeluFormula : ISmoothFormula
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static TV Step<TW, TV>(TV p, TV t, double c) where TW : struct, IWidth<TV> => TW.Add(TW.Multiply(p, t), TW.Constant(c));
+    private static TV Step<TW, TV>(TV p, TV t, double c) where TW : struct, IWidth<TV> => TW.MultiplyAdd(p, t, TW.Constant(c));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static TV TailSingle<TW, TV>(TV t) where TW : struct, IWidth<TV>
@@ -260,6 +260,9 @@ internal interface IWidth<TV>
     /// <summary>c in every lane, rounded to the lane type; a literal c folds to a constant once inlined.</summary>
     static abstract TV Constant(double c);
 
+    /// <summary>a·b + c, fused where the CPU has FMA (Horner steps).</summary>
+    static abstract TV MultiplyAdd(TV a, TV b, TV c);
+
     static abstract TV Abs(TV x);
 
     static abstract TV Min(TV a, TV b);
@@ -285,6 +288,8 @@ internal readonly struct ScalarWidth<T> : IWidth<T> where T : unmanaged, IFloati
     public static bool IsDouble => typeof(T) == typeof(double);
 
     public static T Constant(double c) => T.CreateTruncating(c);
+
+    public static T MultiplyAdd(T a, T b, T c) => T.MultiplyAddEstimate(a, b, c);
 
     public static T Abs(T x) => T.Abs(x);
 
@@ -316,6 +321,12 @@ internal readonly struct VectorWidth<T> : IWidth<Vector<T>> where T : unmanaged,
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector<T> Constant(double c) => new(T.CreateTruncating(c));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<T> MultiplyAdd(Vector<T> a, Vector<T> b, Vector<T> c) =>
+        typeof(T) == typeof(float)
+            ? Vector.MultiplyAddEstimate(a.As<T, float>(), b.As<T, float>(), c.As<T, float>()).As<float, T>()
+            : Vector.MultiplyAddEstimate(a.As<T, double>(), b.As<T, double>(), c.As<T, double>()).As<double, T>();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector<T> Abs(Vector<T> x) => Vector.Abs(x);
@@ -351,6 +362,9 @@ internal readonly struct Width512 : IWidth<Vector512<float>>
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Constant(double c) => Vector512.Create((float)c);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> MultiplyAdd(Vector512<float> a, Vector512<float> b, Vector512<float> c) => Vector512.MultiplyAddEstimate(a, b, c);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Abs(Vector512<float> x) => Vector512.Abs(x);
