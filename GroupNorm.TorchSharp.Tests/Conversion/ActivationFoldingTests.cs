@@ -331,7 +331,7 @@ public sealed class ActivationFoldingTests
         Assert.That(((Sequential)model[0])[0], Is.SameAs(gn));
         var pair = report.NotFused.Single();
         Assert.That((pair.name, pair.activation_name), Is.EqualTo(("rev.gn", "rev.silu")));
-        Assert.That(pair.reason, Does.StartWith("`Reversed` overrides Sequential's forward, so the order of its items is not known; to fuse by hand"));
+        Assert.That(pair.reason, Does.StartWith("`Reversed` overrides Sequential's forward, so the order of its items is not known; if forward applies the SiLU"));
     }
 
     [Test]

@@ -188,8 +188,8 @@ public sealed class BatchNormConverterTests
         // Each block's forward calls bn1 → relu1 and bn2 → (add) → relu_: the pairs are reported, not fused.
         Assert.That(report.NotFused.Count, Is.EqualTo(17));
         Assert.That(report.NotFused.Select(p => (p.name, p.activation_name)), Does.Contain(("bn1", "relu")).And.Contain(("layer1.0.bn1", "layer1.0.relu1")));
-        Assert.That(report.NotFused[0].reason, Does.StartWith("`ResNet`'s forward calls them, so their order is not visible; to fuse by hand, " +
-            "build the norm as our GroupNorm with `activation: Activation.ReLU`"));
+        Assert.That(report.NotFused[0].reason, Does.StartWith("`ResNet`'s forward calls them, so their order is not visible; " +
+            "if forward applies the ReLU right after the norm, fuse by hand: build the norm as our GroupNorm with `activation: Activation.ReLU`"));
 
         model.train();
         var logits = model.call(torch.randn(2, 3, 32, 32));

@@ -18,8 +18,8 @@ public sealed class ConversionReportTests
     private static readonly GroupNormConversionOptions Fuse = new() { fuse_activations = true };
 
     private const string HandFuseSiLU =
-        "to fuse by hand, build the norm as our GroupNorm with `activation: Activation.SiLU` and delete the SiLU call after it in forward " +
-        "(keeping the call applies SiLU twice)";
+        "if forward applies the SiLU right after the norm, fuse by hand: build the norm as our GroupNorm with `activation: Activation.SiLU` " +
+        "and delete that SiLU call (keeping it applies SiLU twice)";
 
     // A VAE ResnetBlock: forward calls norm1, the SiLU, conv1, norm2, the SiLU, conv2, then adds the input.
     private sealed class VaeResnetBlock : nn.Module<Tensor, Tensor>

@@ -256,8 +256,8 @@ internal sealed class ConversionEngine
                 ? $"they sit in a `{type}`, whose owner's forward calls them, so their order is not visible"
                 : $"`{type}`'s forward calls them, so their order is not visible";
         var kind = activationModule.GetType().Name;
-        return $"{where}; to fuse by hand, build the norm as our GroupNorm with `activation: Activation.{activation}` and delete the {kind} call after it " +
-            $"in forward (keeping the call applies {activation} twice)";
+        return $"{where}; if forward applies the {kind} right after the norm, fuse by hand: build the norm as our GroupNorm with " +
+            $"`activation: Activation.{activation}` and delete that {kind} call (keeping it applies {activation} twice)";
     }
 
     // A norm that already applies an activation: a second one after it is applied on top, never fused.
