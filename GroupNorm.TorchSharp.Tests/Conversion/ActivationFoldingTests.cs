@@ -49,34 +49,13 @@ public sealed class ActivationFoldingTests
         return bn;
     }
 
-    private static void RandomizeAffine(Parameter weight, Parameter bias)
-    {
-        using var _ = torch.no_grad();
-        weight.copy_(torch.rand(weight.shape, dtype: weight.dtype) + 0.5);
-        bias.copy_(torch.randn(bias.shape, dtype: bias.dtype) * 0.5);
-    }
+    private static void RandomizeAffine(Parameter weight, Parameter bias) => ConversionAssert.RandomizeAffine(weight, bias);
 
     // Forward, and the gradient of every parameter by name, of both models on the same input.
-    private static void AssertSameNumerics(nn.Module<Tensor, Tensor> expected, nn.Module<Tensor, Tensor> actual)
-    {
-        var x = torch.randn(new long[] { 3, 3, 6, 6 }, dtype: F64);
-        var yExpected = expected.call(x);
-        var yActual = actual.call(x);
-        Assert.That(yActual.allclose(yExpected, rtol: 1e-12, atol: 1e-12), Is.True, "forward differs");
+    private static void AssertSameNumerics(nn.Module<Tensor, Tensor> expected, nn.Module<Tensor, Tensor> actual) =>
+        ConversionAssert.SameNumerics(expected, actual);
 
-        (yExpected * yExpected).sum().backward();
-        (yActual * yActual).sum().backward();
-        var gradsExpected = expected.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad);
-        var gradsActual = actual.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad);
-        Assert.That(gradsActual.Keys, Is.EquivalentTo(gradsExpected.Keys));
-        foreach (var (name, grad) in gradsExpected)
-        {
-            Assert.That(grad, Is.Not.Null, name);
-            Assert.That(gradsActual[name]!.allclose(grad!, rtol: 1e-10, atol: 1e-12), Is.True, $"gradient of {name} differs");
-        }
-    }
-
-    private static string[] Keys(nn.Module module) => module.state_dict().Keys.ToArray();
+    private static string[] Keys(nn.Module module) => ConversionAssert.Keys(module);
 
     [TestCase(false)]
     [TestCase(true)]
@@ -111,6 +90,24 @@ public sealed class ActivationFoldingTests
         Assert.That(((GroupNorm)fused[1]).activation, Is.EqualTo(Activation.SiLU));
         Assert.That(fused[2], Is.InstanceOf<Identity>());
         AssertSameNumerics(plain, fused);
+    }
+
+    // Exact GELU (approximate: none, the default) has a fused kernel; tolerance 1e-9 leaves room for the kernel's erf.
+    [TestCase(false)]
+    [TestCase(true)]
+    public void BatchNormThenExactGELUFoldsAndMatchesPlainConversion(bool inplace)
+    {
+        using var scope = NewDisposeScope();
+        using var plain = ConvNormAct(BatchNorm, nn.GELU(inplace));
+        using var fused = ConvNormAct(BatchNorm, nn.GELU(inplace));
+        BatchNormConverter.Convert(plain, Plain);
+        var report = BatchNormConverter.Convert(fused, Fuse);
+
+        Assert.That(report.Folded.Single(), Is.EqualTo(new ConvertedLayer("norm", "BatchNorm2d", 8, 4, Activation.GELU, "act")));
+        Assert.That(report.NotFused, Is.Empty);
+        Assert.That(((GroupNorm)fused[1]).activation, Is.EqualTo(Activation.GELU));
+        Assert.That(fused[2], Is.InstanceOf<Identity>());
+        ConversionAssert.SameNumerics(plain, fused, tolerance: 1e-9);
     }
 
     [Test]
@@ -200,11 +197,17 @@ public sealed class ActivationFoldingTests
         var theirs = TheirNorm();
         using var model = nn.Sequential(
             ("bn", BatchNorm()), ("conv", nn.Conv2d(8, 8, 1, dtype: F64)), ("relu", nn.ReLU()),
-            ("gn", gn), ("gelu", nn.GELU()), ("theirs", theirs), ("sigmoid", nn.Sigmoid()), ("last", OurNorm()));
+            ("gn", gn), ("gelu", nn.GELU(GELU.Approximate.tanh)), ("theirs", theirs), ("sigmoid", nn.Sigmoid()), ("last", OurNorm()));
         var report = BatchNormConverter.Convert(model, Fuse);
 
         Assert.That(report.Layers.Single(), Is.EqualTo(new ConvertedLayer("bn", "BatchNorm2d", 8, 4)));
         Assert.That(report.Folded, Is.Empty);
+        Assert.That(report.NotFused, Is.EqualTo(new[]
+        {
+            new NotFusedPair("gn", "GroupNorm", "gelu", "GELU", "GELU with approximate=tanh has no fused kernel (GroupNorm fuses the exact GELU only)"),
+            new NotFusedPair("theirs", "TorchSharp.Modules.GroupNorm", "sigmoid", "Sigmoid",
+                "GroupNorm has no fused kernel for Sigmoid (it fuses SiLU, ReLU and exact GELU)"),
+        }));
         Assert.That(((GroupNorm)model[0]).activation, Is.EqualTo(Activation.None));
         Assert.That(model[2], Is.InstanceOf<ReLU>());
         Assert.That(model[3], Is.SameAs(gn));
@@ -245,6 +248,10 @@ public sealed class ActivationFoldingTests
         Assert.That(report.Folded, Is.Empty);
         Assert.That(((GroupNorm)model[0]).activation, Is.EqualTo(Activation.None));
         Assert.That(new[] { model[1], model[2], model[3], model[4], model[5] }, Is.EqualTo(new nn.Module[] { relu, gn, silu1, theirs, silu2 }));
+        Assert.That(report.NotFused.Select(p => (p.name, p.activation_name, p.reason)), Is.EqualTo(new[]
+        {
+            ("bn", "relu", "fuse_activations is off"), ("gn", "silu1", "fuse_activations is off"), ("theirs", "silu2", "fuse_activations is off"),
+        }));
     }
 
     [Test]
@@ -280,6 +287,8 @@ public sealed class ActivationFoldingTests
         Assert.That(report.Count, Is.Zero);
         Assert.That(((Sequential)model[0])[0], Is.SameAs(shared));
         Assert.That(((Sequential)model[0])[1], Is.InstanceOf<SiLU>());
+        Assert.That(report.NotFused.Single(), Is.EqualTo(new NotFusedPair("a.gn", "GroupNorm", "a.silu", "SiLU",
+            "the norm is held in 2 places, and fusing the activation into it would apply the activation in the others too")));
     }
 
     [Test]
@@ -320,6 +329,9 @@ public sealed class ActivationFoldingTests
 
         Assert.That(report.Count, Is.Zero);
         Assert.That(((Sequential)model[0])[0], Is.SameAs(gn));
+        var pair = report.NotFused.Single();
+        Assert.That((pair.name, pair.activation_name), Is.EqualTo(("rev.gn", "rev.silu")));
+        Assert.That(pair.reason, Does.StartWith("`Reversed` overrides Sequential's forward, so the order of its items is not known; if forward applies the SiLU"));
     }
 
     [Test]

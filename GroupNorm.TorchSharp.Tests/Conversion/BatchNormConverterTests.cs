@@ -160,7 +160,10 @@ public sealed class BatchNormConverterTests
     {
         using var scope = NewDisposeScope();
         using var model = new TypedFieldNet();
-        Assert.That(() => BatchNormConverter.Convert(model), Throws.InvalidOperationException.With.Message.Contains("TypedFieldNet.bn"));
+        Assert.That(() => BatchNormConverter.Convert(model), Throws.InvalidOperationException
+            .With.Message.Contains("`TypedFieldNet.bn` is declared as `BatchNorm2d`, which cannot hold a `GroupNormalization.GroupNorm`")
+            .And.Message.Contains("declare `TypedFieldNet.bn` as `Module<Tensor, Tensor>` (or `GroupNormalization.GroupNorm`)")
+            .And.Message.Contains("nothing in the model was changed"));
         Assert.That(model.named_children().Single().module, Is.InstanceOf<BatchNorm2d>());
     }
 
@@ -182,6 +185,11 @@ public sealed class BatchNormConverterTests
         Assert.That(model.modules().OfType<BatchNorm>(), Is.Empty);
         Assert.That(report.Layers.All(l => l.num_channels % l.num_groups == 0), Is.True);
         Assert.That(report.Layers.Select(l => l.name), Does.Contain("bn1").And.Contain("layer2.0.downsample.1"));
+        // Each block's forward calls bn1 → relu1 and bn2 → (add) → relu_: the pairs are reported, not fused.
+        Assert.That(report.NotFused.Count, Is.EqualTo(17));
+        Assert.That(report.NotFused.Select(p => (p.name, p.activation_name)), Does.Contain(("bn1", "relu")).And.Contain(("layer1.0.bn1", "layer1.0.relu1")));
+        Assert.That(report.NotFused[0].reason, Does.StartWith("`ResNet`'s forward calls them, so their order is not visible; " +
+            "if forward applies the ReLU right after the norm, fuse by hand: build the norm as our GroupNorm with `activation: Activation.ReLU`"));
 
         model.train();
         var logits = model.call(torch.randn(2, 3, 32, 32));

@@ -76,9 +76,10 @@ public sealed class BatchNormConversionOptions
     public bool dispose_replaced { get; set; } = true;
 
     /// <summary>
-    /// Whether a normalization layer followed directly by a SiLU or ReLU inside a <c>Sequential</c> becomes one
+    /// Whether a normalization layer followed directly by a SiLU, ReLU or exact GELU inside a <c>Sequential</c> becomes one
     /// <see cref="GroupNorm"/> with that <see cref="GroupNorm.activation"/> (default false). See
-    /// <see cref="BatchNormConverter"/> for which layers fold and what takes the activation's place.
+    /// <see cref="BatchNormConverter"/> for which layers fold and what takes the activation's place; pairs seen
+    /// but not fused are listed in <see cref="ConversionReport.NotFused"/> with the reason.
     /// <para>
     /// A residual add is never folded: in TorchSharp it is arithmetic inside a block's <c>forward</c>
     /// (<c>y.add_(identity).relu_()</c>), not a module, so no module tree shows it. Write such a block with

@@ -17,7 +17,7 @@ namespace GroupNormalization.Interop;
 /// <item><c>AutogradContext._node</c> and <c>Node&lt;T&gt;._outputCache</c>: the spare output-sized tensor a
 /// custom Function's graph node keeps, which <see cref="Autograd.OutputCacheRelease"/> frees.</item>
 /// <item><c>Sequential._modules</c>: the list Sequential's forward runs through. Sequential has no public way to
-/// replace an item, so <see cref="Conversion.BatchNormConverter"/> writes this list.</item>
+/// replace an item, so the converters (<see cref="Conversion.BatchNormConverter"/>, <see cref="Conversion.GroupNormConverter"/>) write this list.</item>
 /// <item>The native export <c>THSTensor_data</c> of LibTorchSharp: a tensor's data address, which the fused
 /// kernels read and write through. TorchSharp's public equivalent (<c>storage&lt;T&gt;().data_ptr()</c>)
 /// allocates a managed object per call, too much for a call that costs a few microseconds.</item>
@@ -57,7 +57,7 @@ internal static unsafe class TorchSharpInternals
     internal static IReadOnlyList<Internal> All =>
     [
         new(OutputCache.Name, OutputCache.Found, "output-cache release is a no-op: one extra output-sized tensor per graph node"),
-        new(SequentialItems.Name, SequentialItems.Field is not null, "BatchNormConverter throws NotSupportedException for layers inside a Sequential"),
+        new(SequentialItems.Name, SequentialItems.Field is not null, "the converters throw NotSupportedException for layers inside a Sequential"),
         new(NativeData.Name, NativeData.Export != null, "the fused CPU kernels are off: the device-generic path runs instead"),
         new(NativeNew.Name, NativeNew.Export != null, "outputs are not recycled: they come from libtorch's allocator"),
     ];
