@@ -11,7 +11,7 @@ namespace GroupNormalization;
 /// types named <c>GroupNorm</c>, so <c>new GroupNorm(…)</c> there is ambiguous (CS0104) and needs an alias.
 /// <c>gn</c> is a name TorchSharp does not use, so the call resolves with both usings in place; keep the
 /// result in a <c>Module&lt;Tensor, Tensor&gt;</c> field (or <c>var</c>), which also lets
-/// <c>Conversion.GroupNormConverter</c> swap layers in models built the other way.
+/// <see cref="Conversion.GroupNormConverter"/> swap layers in models built the other way.
 /// </para>
 /// </summary>
 #pragma warning disable CS8981 // Lower-case like TorchSharp's own nn, on purpose.

@@ -21,6 +21,11 @@ public sealed class DiffusionHowToTests
     private const string Document = "docs/diffusion-how-to.md";
     private const string Source = "GroupNorm.TorchSharp.Tests/DropIn/DiffusionHowToTests.cs";
 
+    private static readonly string[] s_leftAsTheirs = { "GroupNorm" };
+    private static readonly string[] s_fused = { "unet.in_layers.0", "unet.out_layers.0" };
+    private static readonly (string, string)[] s_notFused = { ("vae.norm1", "vae.nonlinearity"), ("vae.norm2", "vae.nonlinearity") };
+    private static readonly string[] s_notSwapped = { "norm_out" };
+
     [TestCase("howto-swap")]
     [TestCase("howto-parity")]
     [TestCase("howto-measure")]
@@ -47,12 +52,12 @@ public sealed class DiffusionHowToTests
 
         Assert.Multiple(() =>
         {
-            Assert.That(model.modules().OfType<TorchSharp.Modules.GroupNorm>().Select(m => m.GetName()), Is.EquivalentTo(new[] { "GroupNorm" }),
+            Assert.That(model.modules().OfType<TorchSharp.Modules.GroupNorm>().Select(m => m.GetName()), Is.EquivalentTo(s_leftAsTheirs),
                 "only the field typed TorchSharp.Modules.GroupNorm is left");
-            Assert.That(report.Folded.Select(l => l.name), Is.EquivalentTo(new[] { "unet.in_layers.0", "unet.out_layers.0" }));
+            Assert.That(report.Folded.Select(l => l.name), Is.EquivalentTo(s_fused));
             Assert.That(report.NotFused.Select(p => (p.name, p.activation_name)),
-                Is.EquivalentTo(new[] { ("vae.norm1", "vae.nonlinearity"), ("vae.norm2", "vae.nonlinearity") }));
-            Assert.That(report.NotSwapped.Select(n => n.name), Is.EquivalentTo(new[] { "norm_out" }));
+                Is.EquivalentTo(s_notFused));
+            Assert.That(report.NotSwapped.Select(n => n.name), Is.EquivalentTo(s_notSwapped));
             Assert.That(model.state_dict().Keys, Is.EquivalentTo(weights.Keys), "state_dict keys");
         });
 
