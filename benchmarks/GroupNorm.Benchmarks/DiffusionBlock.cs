@@ -17,6 +17,12 @@ internal enum DiffusionNorm
 
     /// <summary>Our group_norm with the SiLU fused in.</summary>
     OursFused,
+
+    /// <summary>
+    /// No norm and no SiLU: the convolutions and the skip alone, the time any norm would leave if it cost nothing,
+    /// so that its ratio to the built-in is the lowest ratio a norm could reach in this block.
+    /// </summary>
+    Floor,
 }
 
 /// <summary>
@@ -52,6 +58,9 @@ internal sealed class DiffusionBlock : IDisposable
     /// <summary>Every weight of the block: both convolutions' weights and biases, both norms' γ and β.</summary>
     public Tensor[] Parameters { get; }
 
+    /// <summary>The weights the <see cref="DiffusionNorm.Floor"/> block uses: the convolutions'.</summary>
+    public Tensor[] ConvolutionParameters => new[] { _conv1.weight!, _conv1.bias!, _conv2.weight!, _conv2.bias! };
+
     public Tensor Forward(Tensor x, DiffusionNorm norm)
     {
         var h = _conv1.forward(NormSiLU(x, _gamma1, _beta1, norm));
@@ -68,6 +77,7 @@ internal sealed class DiffusionBlock : IDisposable
 
     private static Tensor NormSiLU(Tensor h, Tensor gamma, Tensor beta, DiffusionNorm norm) => norm switch
     {
+        DiffusionNorm.Floor => h,
         DiffusionNorm.Builtin => torch.nn.functional.silu(torch.nn.functional.group_norm(h, Groups, gamma, beta, Eps)),
         DiffusionNorm.OursPlain => torch.nn.functional.silu(Functional.group_norm(h, Groups, gamma, beta, Eps)),
         _ => Functional.group_norm(h, Groups, gamma, beta, Eps, activation: Activation.SiLU),

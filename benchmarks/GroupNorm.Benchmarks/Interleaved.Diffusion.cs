@@ -11,11 +11,9 @@ namespace GroupNormalization.Benchmarks;
 internal static partial class Interleaved
 {
     /// <summary>
-    /// The diffusion suite's rounds when --rounds is not given, sized for about 8–10 minutes a run on 2 cores: one
-    /// round of the three sides took about 6.2 s on (1, 512, 64, 64) (f32 forward 0.43 s, bf16 forward 0.25 s,
-    /// f32 forward+backward 1.37 s per call) and 4.3 s on (1, 128, 256, 256); the six shapes' convolutions
-    /// cost about the same, so a round of all of them is about 32 s, and each shape's agreement check, warm-up,
-    /// block sizing and fault count add about 3 rounds' worth: (13 + 3.3) × 32 s ≈ 9 minutes.
+    /// The diffusion suite's rounds when --rounds is not given: with the three norm sides, 13 rounds of the six
+    /// shapes in three modes took 5 min 35 s on this project's 2-core machine (each shape's agreement check,
+    /// warm-up, block sizing and fault count included); the no-norm floor adds about a third.
     /// </summary>
     public const int DiffusionRounds = 13;
 
@@ -46,6 +44,7 @@ internal static partial class Interleaved
     {
         console.WriteLine($"Stable Diffusion's residual block: h = Conv3×3(SiLU(GN(x))); h = Conv3×3(SiLU(GN(h))); out = x + h ({DiffusionBlock.Groups} groups, eps {DiffusionBlock.Eps.ToString("0e0", CultureInfo.InvariantCulture)}, convolution biases, no time embedding).");
         console.WriteLine("Sides: the built-in group_norm then silu; ours plain (our group_norm then silu); ours fused (GroupNorm + SiLU in one call). All three share the weights and inputs.");
+        console.WriteLine("Floor: the same block without norms and SiLUs (convolutions and skip only), timed in the same rounds: its ratio is the lowest any norm could reach here.");
         console.WriteLine("Ratios: ours over the built-in, medians of per-round ratios. Agreement: largest |ours − built-in| over largest |built-in|, of the output and, with backward, of every gradient; checked before timing.");
         console.WriteLine();
         var cases = Program.Cases(BenchCase.Diffusion, BenchCase.DiffusionQuick).ToList();
@@ -54,10 +53,11 @@ internal static partial class Interleaved
         {
             console.WriteLine($"#### {mode.Name}");
             console.WriteLine();
-            console.WriteLine("| shape | built-in ms | ours plain ms | ours fused ms | plain ratio | fused ratio | faults/call built-in, plain, fused | agreement plain, fused |");
-            console.WriteLine("|---|---:|---:|---:|---:|---:|---|---|");
+            console.WriteLine("| shape | built-in ms | ours plain ms | ours fused ms | floor ms | plain ratio | fused ratio | floor ratio | faults/call built-in, plain, fused | agreement plain, fused |");
+            console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---|---|");
             var plainRatios = new List<double>();
             var fusedRatios = new List<double>();
+            var floorRatios = new List<double>();
             foreach (var c in cases)
             {
                 using var inputs = new Inputs(c, mode.DType, Layout.Nchw);
@@ -74,16 +74,18 @@ internal static partial class Interleaved
                     return 1;
                 }
 
-                var sides = norms.Select(norm => mode.Backward
-                    ? (Action)(() => { using var s = torch.NewDisposeScope(); torch.autograd.grad(new[] { block.Forward(inputs.XGrad, norm) }, wrt, new[] { inputs.Dy }); })
+                var floorWrt = new[] { inputs.XGrad }.Concat(block.ConvolutionParameters).ToArray();
+                var sides = norms.Append(DiffusionNorm.Floor).Select(norm => mode.Backward
+                    ? (Action)(() => { using var s = torch.NewDisposeScope(); torch.autograd.grad(new[] { block.Forward(inputs.XGrad, norm) }, norm == DiffusionNorm.Floor ? floorWrt : wrt, new[] { inputs.Dy }); })
                     : () => { using var s = torch.NewDisposeScope(); using var g = torch.no_grad(); block.Forward(inputs.X, norm); }).ToArray();
-                // The agreement check ran each side once; calls of milliseconds need one more warm-up, not three.
+                // The agreement check ran each norm once; calls of milliseconds need one more warm-up, not three.
                 var t = CompareSides(rounds, 1, sides);
-                var faults = sides.Select(side => FaultsPerCall(side, t.Calls)).ToArray();
+                var faults = sides.Take(norms.Length).Select(side => FaultsPerCall(side, t.Calls)).ToArray();
                 plainRatios.Add(t.Ratios[1]);
                 fusedRatios.Add(t.Ratios[2]);
+                floorRatios.Add(t.Ratios[3]);
                 console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {c.N}x{c.C}x{c.H}x{c.W} | {t.Medians[0] / 1000:0.00} | {t.Medians[1] / 1000:0.00} | {t.Medians[2] / 1000:0.00} | {t.Ratios[1]:0.00}× | {t.Ratios[2]:0.00}× | {string.Join(", ", faults.Select(f => f.ToString("0", CultureInfo.InvariantCulture)))} | {agreement[0]:0.0e0}, {agreement[1]:0.0e0} |"));
+                    $"| {c.N}x{c.C}x{c.H}x{c.W} | {t.Medians[0] / 1000:0.00} | {t.Medians[1] / 1000:0.00} | {t.Medians[2] / 1000:0.00} | {t.Medians[3] / 1000:0.00} | {t.Ratios[1]:0.00}× | {t.Ratios[2]:0.00}× | {t.Ratios[3]:0.00}× | {string.Join(", ", faults.Select(f => f.ToString("0", CultureInfo.InvariantCulture)))} | {agreement[0]:0.0e0}, {agreement[1]:0.0e0} |"));
             }
             console.WriteLine();
             if (plainRatios.Count == 0)
@@ -93,7 +95,7 @@ internal static partial class Interleaved
                 return 0;
             }
             string summary = string.Create(CultureInfo.InvariantCulture,
-                $"{mode.Name}: ours fused median {Median(fusedRatios):0.00}× (target ≤ {mode.FusedTarget:0.00}×: {Verdict(Median(fusedRatios) <= mode.FusedTarget)}), max {fusedRatios.Max():0.00}×; ours plain median {Median(plainRatios):0.00}×, max {plainRatios.Max():0.00}× (target ≤ {PlainTarget:0.00}× on every shape: {Verdict(plainRatios.Max() <= PlainTarget)}) ({plainRatios.Count} shape{(plainRatios.Count == 1 ? "" : "s")}).");
+                $"{mode.Name}: ours fused median {Median(fusedRatios):0.00}× (target ≤ {mode.FusedTarget:0.00}×: {Verdict(Median(fusedRatios) <= mode.FusedTarget)}), max {fusedRatios.Max():0.00}×; ours plain median {Median(plainRatios):0.00}×, max {plainRatios.Max():0.00}× (target ≤ {PlainTarget:0.00}× on every shape: {Verdict(plainRatios.Max() <= PlainTarget)}); no-norm floor median {Median(floorRatios):0.00}×, min {floorRatios.Min():0.00}× ({plainRatios.Count} shape{(plainRatios.Count == 1 ? "" : "s")}).");
             summaries.Add(summary);
             console.WriteLine(summary);
             console.WriteLine();
