@@ -55,3 +55,16 @@ internal static class ConversionAssert
         }
     }
 }
+
+/// <summary>A Sequential that overrides forward (its items run last to first): adjacency in it means nothing to a converter.</summary>
+internal sealed class Reversed : Sequential
+{
+    public Reversed(params (string, nn.Module<Tensor, Tensor>)[] modules) : base(modules) { }
+
+    public override Tensor forward(Tensor input)
+    {
+        var x = input;
+        for (int i = Count - 1; i >= 0; i--) x = this[i].call(x);
+        return x;
+    }
+}

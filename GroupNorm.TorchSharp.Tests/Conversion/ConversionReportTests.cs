@@ -113,18 +113,6 @@ public sealed class ConversionReportTests
         public override Tensor forward(Tensor input) => layers[1].call(layers[0].call(input));
     }
 
-    private sealed class Reversed : Sequential
-    {
-        public Reversed(params (string, nn.Module<Tensor, Tensor>)[] modules) : base(modules) { }
-
-        public override Tensor forward(Tensor input)
-        {
-            var x = input;
-            for (int i = Count - 1; i >= 0; i--) x = this[i].call(x);
-            return x;
-        }
-    }
-
     private static Tensor Input() => torch.randn(new long[] { 2, 8, 4, 4 }, dtype: F64);
 
     // ---------------------------------------------------------------- not fused, in a plain Sequential
