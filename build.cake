@@ -278,8 +278,8 @@ Task("BenchInterleaved")
     .IsDependentOn("Build")
     .Does(() => UnderEachAllocator(environment => RunBenchmarks(("--interleaved " + Argument("bench-args", "")).Trim(), environment)));
 
-// Fused GN+SiLU and GN+ReLU against group_norm then silu/relu, float32, interleaved: Stable Diffusion's UNet and
-// VAE shapes and the benchmark shapes. --bench-args narrows it: "--shape 2x320x64x64 --rounds 5", "--max-numel 5000000"
+// Fused GN+SiLU, GN+GELU and GN+ReLU against group_norm then silu/gelu/relu, float32, interleaved: Stable Diffusion's UNet and
+// VAE shapes and the benchmark shapes. --bench-args narrows it: "--act GELU", "--shape 2x320x64x64 --rounds 5", "--max-numel 5000000"
 // (no VAE), "--quick" (one small shape, 2 rounds). BenchmarkDotNet: --target=Bench --bench-args="--filter *FusedActivation*".
 Task("BenchActivation")
     .IsDependentOn("Setup")
