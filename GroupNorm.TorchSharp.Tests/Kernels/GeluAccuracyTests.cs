@@ -40,16 +40,17 @@ public sealed class GeluAccuracyTests
         var libtorchGrad = Derivative(beta).to(ScalarType.Float64) * 2;
 
         var scale = beta64.abs().clamp_min(1);
-        double ourY = Worst((ours.Y[0].to(ScalarType.Float64) - reference64).abs() / scale);
-        double theirY = Worst((libtorch - reference64).abs() / scale);
-        double ourGrad = Worst((ours.Dbias!.to(ScalarType.Float64) - grad64).abs() / scale);
-        double theirGrad = Worst((libtorchGrad - grad64).abs() / scale);
+        var y64 = ours.Y[0].to(ScalarType.Float64);
+        double ourY = TestTensors.Worst((y64 - reference64).abs() / scale);
+        double theirY = TestTensors.Worst((libtorch - reference64).abs() / scale);
+        double ourGrad = TestTensors.Worst((ours.Dbias!.to(ScalarType.Float64) - grad64).abs() / scale);
+        double theirGrad = TestTensors.Worst((libtorchGrad - grad64).abs() / scale);
         var tail = beta64.le(-1);
         // Φ(β)'s relative condition number in the tail is about β² (a rounding of β moves e^(−β²/2) by β²
         // roundings), so the relative error is judged per unit of 1 + β².
         var condition = beta64.square() + 1;
-        double ourTail = Worst(((ours.Y[0].to(ScalarType.Float64) - reference64).abs() / reference64.abs() / condition)[tail]);
-        double theirTail = Worst(((libtorch - reference64).abs() / reference64.abs() / condition)[tail]);
+        double ourTail = TestTensors.Worst(((y64 - reference64).abs() / reference64.abs() / condition)[tail]);
+        double theirTail = TestTensors.Worst(((libtorch - reference64).abs() / reference64.abs() / condition)[tail]);
         TestContext.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{dtype} {path}: y {ourY:E2} (libtorch {theirY:E2}), GELU′ {ourGrad:E2} (libtorch {theirGrad:E2}), y relative in the tail per unit of 1 + β² {ourTail:E2} (libtorch {theirTail:E2})"));
 
@@ -70,11 +71,5 @@ public sealed class GeluAccuracyTests
         var leaf = z.detach().requires_grad_(true);
         torch.nn.functional.gelu(leaf).sum().backward();
         return leaf.grad!.detach();
-    }
-
-    private static double Worst(Tensor errors)
-    {
-        double worst = errors.max().item<double>();
-        return double.IsNaN(worst) ? double.PositiveInfinity : worst;
     }
 }

@@ -62,6 +62,13 @@ internal static class TestTensors
         return double.IsNaN(error) ? double.PositiveInfinity : error;
     }
 
+    /// <summary>The largest of some error values, +∞ if any is NaN (NUnit orders NaN below every bound).</summary>
+    public static double Worst(Tensor errors)
+    {
+        double worst = errors.max().item<double>();
+        return double.IsNaN(worst) ? double.PositiveInfinity : worst;
+    }
+
     /// <summary>Same shape and bit-for-bit the same values.</summary>
     public static bool Identical(Tensor a, Tensor b)
     {

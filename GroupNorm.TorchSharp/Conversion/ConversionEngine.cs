@@ -235,12 +235,12 @@ internal sealed class ConversionEngine
     {
         var norms = children.Where(c => IsNorm(c.module)).ToList();
         if (norms.Count == 0) return;
-        var activations = children.Where(c => Classify(c.module) is not null).ToList();
+        var activations = children.Select(c => (child: c, classified: Classify(c.module))).Where(a => a.classified is not null).ToList();
         foreach (var norm in norms)
         {
-            foreach (var next in activations)
+            foreach (var (next, classified) in activations)
             {
-                var (activation, noKernel) = Classify(next.module)!.Value;
+                var (activation, noKernel) = classified!.Value;
                 var reason = AlreadyActive(norm.module, next.module, activation, parent) ?? noKernel ?? HiddenOrder(parent, next.module, activation);
                 NotFused(prefix, norm, next, reason);
             }
@@ -299,15 +299,9 @@ internal sealed class ConversionEngine
         _ => null,
     };
 
-    private static bool IsContainer(nn.Module module)
-    {
-        for (var type = module.GetType(); type is not null; type = type.BaseType)
-        {
-            if (type.IsGenericType && (type.GetGenericTypeDefinition() == typeof(ModuleList<>) || type.GetGenericTypeDefinition() == typeof(ModuleDict<>)))
-                return true;
-        }
-        return false;
-    }
+    private static bool IsContainer(nn.Module module) =>
+        ModuleReplacement.GenericBase(module.GetType(), typeof(ModuleList<>)) is not null
+        || ModuleReplacement.GenericBase(module.GetType(), typeof(ModuleDict<>)) is not null;
 
     // A subclass that overrides forward decides itself how its items combine, so adjacency means nothing there.
     private static Sequential? AsPlainSequential(nn.Module module) =>
@@ -351,8 +345,8 @@ internal sealed class ConversionEngine
         var reason = declared == place.Narrow
             ? $"`{member}` is declared as `{narrow}`, which cannot hold a `{Replacements.OursName}`"
             : $"`{member}` is a `{Replacements.SourceName(declared)}`, whose items cannot be a `{Replacements.OursName}`";
-        var change = $"{verb} `{member}` as `{Replacements.Widened(declared, place.Narrow, Wide)}` " +
-            $"(or `{Replacements.Widened(declared, place.Narrow, Replacements.OursName)}`)";
+        var change = $"{verb} `{member}` as `{Replacements.SourceName(declared, place.Narrow, Wide)}` " +
+            $"(or `{Replacements.SourceName(declared, place.Narrow, Replacements.OursName)}`)";
         return (member!, reason, change);
     }
 

@@ -186,7 +186,8 @@ internal static class ModuleReplacement
             .MakeGenericMethod(itemType)
             .Invoke(null, BindingFlags.DoNotWrapExceptions, null, [parent, old, replacement, stores, blocked], null);
 
-    private static Type? GenericBase(Type? type, Type definition)
+    /// <summary>The generic type built from <paramref name="definition"/> that <paramref name="type"/> is or derives from; null if none.</summary>
+    internal static Type? GenericBase(Type? type, Type definition)
     {
         for (; type is not null; type = type.BaseType)
         {

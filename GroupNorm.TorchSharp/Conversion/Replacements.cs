@@ -79,9 +79,13 @@ internal static class Replacements
         if (bias is not null) gn.bias.requires_grad = bias.requires_grad;
     }
 
-    /// <summary>A type as C# source spells it: <c>List&lt;Module&lt;Tensor, Tensor&gt;&gt;</c>, the two GroupNorms in full.</summary>
-    internal static string SourceName(Type type)
+    /// <summary>
+    /// A type as C# source spells it (<c>List&lt;Module&lt;Tensor, Tensor&gt;&gt;</c>, the two GroupNorms in full), with
+    /// <paramref name="narrow"/>, when given, spelled <paramref name="wide"/> wherever it appears (itself or a type argument).
+    /// </summary>
+    internal static string SourceName(Type type, Type? narrow = null, string? wide = null)
     {
+        if (type == narrow) return wide!;
         if (type == typeof(TorchSharp.Modules.GroupNorm)) return TheirsName;
         if (type == typeof(GroupNorm)) return OursName;
         if (type == typeof(string)) return "string";
@@ -92,17 +96,6 @@ internal static class Replacements
         var name = type.Name;
         int tick = name.IndexOf('`', StringComparison.Ordinal);
         if (tick >= 0) name = name[..tick];
-        return $"{name}<{string.Join(", ", type.GetGenericArguments().Select(SourceName))}>";
-    }
-
-    /// <summary><paramref name="type"/> with <paramref name="narrow"/> (itself or a type argument) replaced by <paramref name="wide"/>, as source.</summary>
-    internal static string Widened(Type type, Type narrow, string wide)
-    {
-        if (type == narrow) return wide;
-        if (!type.IsGenericType) return SourceName(type);
-        var name = type.Name;
-        int tick = name.IndexOf('`', StringComparison.Ordinal);
-        if (tick >= 0) name = name[..tick];
-        return $"{name}<{string.Join(", ", type.GetGenericArguments().Select(a => Widened(a, narrow, wide)))}>";
+        return $"{name}<{string.Join(", ", type.GetGenericArguments().Select(a => SourceName(a, narrow, wide)))}>";
     }
 }
